@@ -1,0 +1,174 @@
+"""Settings: ``config.toml`` < ``TRACKER_<SECTION>_<KEY>`` environment variables < flags.
+
+Decoded into frozen msgspec Structs that forbid unknown keys, so a typo is an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tracker.errors import ConfigError
+from tracker.state import OUTCOMES
+
+
+class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "warning"
+    access_log: bool = False
+
+
+class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str = "data/tracker.db"
+    synchronous: str = "normal"
+    busy_timeout_ms: int = 5000
+
+
+class Ingest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_body_bytes: int = 1_048_576
+    max_batch: int = 1000
+    username: str = ""
+    password: str = ""
+    quarantine_max_bytes: int = 65_536
+    max_commit_events: int = 2000
+    body_timeout_seconds: float = 30.0
+
+
+class Query(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    token: str = ""
+
+
+class Forward(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = ""
+    timeout_seconds: float = 10.0
+    pass_authorization: bool = False
+    max_connections: int = 100
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    server: Server = msgspec.field(default_factory=Server)
+    storage: Storage = msgspec.field(default_factory=Storage)
+    ingest: Ingest = msgspec.field(default_factory=Ingest)
+    query: Query = msgspec.field(default_factory=Query)
+    forward: Forward = msgspec.field(default_factory=Forward)
+    outcomes: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "server": Server,
+    "storage": Storage,
+    "ingest": Ingest,
+    "query": Query,
+    "forward": Forward,
+}
+NOT_SETTINGS = {"TRACKER_CONFIG"}  # the config file's path, not a key
+
+
+def _validate(s: Settings) -> Settings:
+    if s.storage.synchronous not in ("normal", "full"):
+        raise ConfigError(
+            f'storage.synchronous must be "normal" or "full", got {s.storage.synchronous!r}'
+        )
+    for cause, outcome in s.outcomes.items():
+        if outcome not in OUTCOMES:
+            raise ConfigError(
+                f"outcomes.{cause} must be one of {', '.join(OUTCOMES)}, got {outcome!r}"
+            )
+    positive = {
+        "ingest.max_body_bytes": s.ingest.max_body_bytes,
+        "ingest.max_batch": s.ingest.max_batch,
+        "ingest.max_commit_events": s.ingest.max_commit_events,
+        "ingest.quarantine_max_bytes": s.ingest.quarantine_max_bytes,
+        "forward.timeout_seconds": s.forward.timeout_seconds,
+        "forward.max_connections": s.forward.max_connections,
+        "ingest.body_timeout_seconds": s.ingest.body_timeout_seconds,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if not 0 <= s.server.port <= 65535:
+        raise ConfigError(f"server.port must be 0-65535, got {s.server.port}")
+    if bool(s.ingest.username) != bool(s.ingest.password):
+        raise ConfigError("ingest.username and ingest.password must be set together")
+    return s
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """``TRACKER_<SECTION>_<KEY>`` variables; unknown ones are only a warning."""
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith("TRACKER_") or name in NOT_SETTINGS:
+            continue
+        rest = name[len("TRACKER_") :]
+        if rest.startswith("OUTCOMES_") and len(rest) > len("OUTCOMES_"):
+            out.setdefault("outcomes", {})[rest[len("OUTCOMES_") :]] = value
+            continue
+        for section, struct in SECTIONS.items():
+            prefix = section.upper() + "_"
+            if rest.startswith(prefix):
+                key = rest[len(prefix) :].lower()
+                if key in struct.__struct_fields__:
+                    out.setdefault(section, {})[key] = value
+                    break
+        else:
+            warnings.warn(f"ignoring unknown environment variable {name}", stacklevel=2)
+    return out
+
+
+def _describe(err: msgspec.ValidationError, origin: str) -> str:
+    text = str(err)
+    if "unknown field" in text.lower():
+        field = text.split("`")[1] if "`" in text else "?"
+        where = text.split("at `$.")[-1].rstrip("`") if "at `$." in text else ""
+        key = f"{where}.{field}" if where and where != text else field
+        return f"unknown configuration key {key!r} in {origin}"
+    return f"invalid configuration in {origin}: {text}"
+
+
+def load_settings(
+    config: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Built-in defaults < ``config`` file < environment < ``overrides`` (from flags)."""
+    env = os.environ if env is None else env
+    if config is None:
+        config = env.get("TRACKER_CONFIG") or None
+    data: dict[str, Any] = {}
+    if config is not None:
+        path = Path(config)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+        try:
+            msgspec.convert(data, Settings)  # unknown keys, named, before anything is merged
+        except msgspec.ValidationError as err:
+            raise ConfigError(_describe(err, str(path))) from None
+    _merge(data, _from_env(env))
+    if overrides:
+        _merge(data, overrides)
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as err:
+        raise ConfigError(_describe(err, "the environment or flags")) from None
+    return _validate(settings)

@@ -1,0 +1,91 @@
+"""Errors as data: each names its HTTP status and code; ``tracker.app`` renders them in one place.
+
+Plain exceptions, no I/O, so the core and the shell can both raise them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from tracker.events import InvalidEvent
+
+
+class TrackerError(Exception):
+    """Base: ``code`` is the machine-readable error, ``detail`` a sentence a person can act on."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidJson(TrackerError):
+    status, code = 400, "invalid_json"
+
+
+class BadParameter(TrackerError):
+    status, code = 400, "bad_parameter"
+
+
+class Unauthorized(TrackerError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(TrackerError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(TrackerError):
+    status, code = 405, "method_not_allowed"
+
+
+class TooLarge(TrackerError):
+    status, code = 413, "too_large"
+
+
+class UnsupportedMediaType(TrackerError):
+    status, code = 415, "unsupported_media_type"
+
+
+class EventRejected(TrackerError):
+    """422: wraps the core's :class:`~tracker.events.InvalidEvent` (detail names the field)."""
+
+    status, code = 422, "invalid_event"
+
+
+class StorageUnavailable(TrackerError):
+    """503: the database cannot commit (full disk, read-only or locked file, I/O error)."""
+
+    status, code = 503, "unavailable"
+
+
+class BadGateway(TrackerError):
+    status, code = 502, "bad_gateway"
+
+
+class GatewayTimeout(TrackerError):
+    status, code = 504, "gateway_timeout"
+
+
+class ConfigError(Exception):
+    """A configuration problem: the message names the key. The CLI exits 2."""
+
+
+__all__ = [
+    "BadGateway",
+    "BadParameter",
+    "ConfigError",
+    "EventRejected",
+    "GatewayTimeout",
+    "InvalidEvent",
+    "InvalidJson",
+    "MethodNotAllowed",
+    "NotFound",
+    "StorageUnavailable",
+    "TooLarge",
+    "TrackerError",
+    "Unauthorized",
+    "UnsupportedMediaType",
+]

@@ -1,0 +1,469 @@
+"""The call-state fold: pure and total.
+
+Each event is first reduced to a :class:`Fact` (what the fold needs of it; also what the log keeps
+in columns, so replay never re-parses JSON). A :class:`CallState` is a join-semilattice of per-field
+rules: earliest-evidence times are minima, "latest tag" is a maximum, picks such as the hard end are
+the minimum of ``(time, content key)``, flags are ORs. Every rule is commutative, associative and
+idempotent, so the state is a function of the *set* of distinct events; ties are broken by the
+content key, never by arrival. ``eventCount`` is the one sum: :func:`fold` counts distinct content
+keys, and the store (which dedupes by a UNIQUE key) calls :func:`evolve` once per distinct event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import msgspec
+
+from tracker.events import (
+    RESULT_TYPES,
+    Decoded,
+    Unknown,
+    V1Error,
+    V1Event,
+    V2Event,
+    format_time,
+    parse_time,
+)
+
+BIG: Final = 1 << 62  # sorts untimed evidence after (min picks) or before (max picks) timed
+
+END_NONE: Final = 0
+END_TIMEOUT: Final = 1  # v1 timeout: soft end
+END_ERROR: Final = 2  # v1 error: soft end
+END_HARD: Final = 3  # v1 hangup, v2 disconnect, v2 transferDisconnect
+
+OUTCOMES: Final = ("normal", "busy", "no_answer", "cancelled", "rejected", "failed", "error")
+
+BUILTIN_OUTCOMES: Final[Mapping[str, str]] = {
+    "NORMAL_CLEARING": "normal",
+    "hangup": "normal",
+    "USER_BUSY": "busy",
+    "busy": "busy",
+    "NO_ANSWER": "no_answer",
+    "timeout": "no_answer",
+    "ORIGINATOR_CANCEL": "cancelled",
+    "cancel": "cancelled",
+    "CALL_REJECTED": "rejected",
+    "rejected": "rejected",
+    "UNALLOCATED_NUMBER": "failed",
+    "NORMAL_TEMPORARY_FAILURE": "failed",
+    "callback-error": "failed",
+    "invalid-bxml": "failed",
+    "application-error": "failed",
+    "account-limit": "failed",
+    "node-capacity-exceeded": "failed",
+}
+
+
+def outcome_of(cause: str | None, extra: Mapping[str, str] | None = None) -> str:
+    """The outcome of a hard end's raw cause (configured extras first, then the spec's table)."""
+    if cause is None:
+        return "error"
+    if extra and cause in extra:
+        return extra[cause]
+    found = BUILTIN_OUTCOMES.get(cause)
+    if found is not None:
+        return found
+    if cause.endswith("_CONGESTION"):
+        return "failed"
+    return "error"
+
+
+class Fact(msgspec.Struct, frozen=True, kw_only=True):
+    """What the fold needs of one event (and what the log keeps in columns)."""
+
+    key: bytes
+    event_type: str
+    v2: bool = False
+    seq: int | None = None
+    t: int | None = None  # event time, UTC epoch ms
+    time_bad: bool = False  # some time on the event could not be parsed
+    start: int | None = None
+    answer: int | None = None
+    answered: bool = False
+    end_kind: int = END_NONE
+    end_t: int | None = None
+    cause: str | None = None
+    error: str | None = None
+    tag: str | None = None
+    from_: str | None = None
+    to: str | None = None
+    direction: str | None = None
+    parent: str | None = None
+    inbound: bool = False
+    late_ok: bool = False  # hard ends and recording/transcription results
+
+
+Pick = tuple[int, bytes, str]  # (time key, content key, value)
+HardEnd = tuple[int, bytes, int | None, str | None, str | None]  # (tkey, key, end, cause, error)
+SoftEnd = tuple[int, bytes, int, int | None, str | None]  # (tkey, key, kind, end, error)
+
+
+class CallState(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """The semilattice accumulator of one call (stored as msgpack beside the rendered view)."""
+
+    call_id: str = ""
+    v2: bool = False
+    inbound: bool = False
+    direction: Pick | None = None
+    started: int | None = None
+    answered: bool = False
+    answered_at: int | None = None
+    hard: HardEnd | None = None
+    conflict: bool = False
+    soft: SoftEnd | None = None
+    tag: Pick | None = None
+    from_: Pick | None = None
+    to: Pick | None = None
+    parent: Pick | None = None
+    first: Pick | None = None
+    last: Pick | None = None
+    live_max: int | None = None
+    time_bad: bool = False
+    count: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+
+def initial_state(call_id: str = "") -> CallState:
+    return CallState(call_id=call_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Event -> Fact
+
+
+def _event_type(ev: V1Event | V2Event | Unknown) -> str:
+    tag = type(ev).__struct_config__.tag
+    if isinstance(tag, str):
+        return tag
+    return ev.eventType if isinstance(ev, Unknown) and ev.eventType else ""
+
+
+def fact_of(decoded: Decoded, seq: int | None = None) -> Fact:
+    """Reduce a decoded event to the facts the fold uses. Total: bad times become flags."""
+    ev = decoded.event
+    bad = False
+
+    def tm(raw: str | None) -> int | None:
+        nonlocal bad
+        if raw is None or raw == "":
+            return None
+        value = parse_time(raw)
+        if value is None:
+            bad = True
+        return value
+
+    et = _event_type(ev)
+    start = answer = end_t = None
+    answered = inbound = late_ok = False
+    end_kind = END_NONE
+    cause = error = direction = parent = from_ = to = None
+    if isinstance(ev, V2Event):
+        t = tm(ev.eventTime)
+        from_, to, direction, parent = ev.from_, ev.to, ev.direction, ev.parentCallId
+        if et in RESULT_TYPES:
+            late_ok = True
+        else:
+            start = tm(ev.startTime)
+            answer = tm(ev.answerTime)
+            answered = bool(ev.answerTime)
+            if et == "answer":
+                answered = True
+                if answer is None:
+                    answer = t
+        if et in ("disconnect", "transferDisconnect"):
+            raw_end = getattr(ev, "endTime", None)
+            end_kind, end_t, late_ok = END_HARD, (tm(raw_end) if raw_end else t), True
+            cause = getattr(ev, "cause", None)
+            error = getattr(ev, "errorMessage", None)
+    elif isinstance(ev, V1Event):
+        t = tm(ev.time)
+        from_, to = ev.from_, ev.to
+        if et == "incomingcall":
+            inbound, start = True, t
+        if et == "answer" or ev.callState == "active":
+            answered, answer = True, t
+        if et == "hangup":
+            end_kind, end_t, late_ok = END_HARD, t, True
+            cause = getattr(ev, "cause", None)
+        elif et == "timeout":
+            end_kind, end_t = END_TIMEOUT, t
+        elif isinstance(ev, V1Error):
+            end_kind, end_t = END_ERROR, t
+            error = ev.errorMessage or (ev.message if isinstance(ev.message, str) else None)
+        elif et in RESULT_TYPES:
+            late_ok = True
+    else:
+        t = tm(ev.eventTime if ev.eventTime is not None else ev.time)
+    return Fact(
+        key=decoded.key,
+        event_type=et,
+        v2=decoded.api == "v2",
+        seq=seq,
+        t=t,
+        time_bad=bad,
+        start=start,
+        answer=answer,
+        answered=answered,
+        end_kind=end_kind,
+        end_t=end_t,
+        cause=cause,
+        error=error,
+        tag=ev.tag,
+        from_=from_,
+        to=to,
+        direction=direction,
+        parent=parent,
+        inbound=inbound,
+        late_ok=late_ok,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The semilattice
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a <= b else b
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a >= b else b
+
+
+def _lo(a: Pick | None, b: Pick | None) -> Pick | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a <= b else b
+
+
+def _hi(a: Pick | None, b: Pick | None) -> Pick | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a >= b else b
+
+
+def _lo_hard(a: HardEnd | None, b: HardEnd | None) -> HardEnd | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if (a[0], a[1]) <= (b[0], b[1]) else b
+
+
+def _lo_soft(a: SoftEnd | None, b: SoftEnd | None) -> SoftEnd | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if (a[0], a[1]) <= (b[0], b[1]) else b
+
+
+def unit(fact: Fact, call_id: str = "", seq: int | None = None) -> CallState:
+    """The state of a call that has seen exactly this one event (``seq`` overrides the fact's)."""
+    if seq is None:
+        seq = fact.seq
+    k = fact.key
+    t = fact.t
+    lo_t = BIG if t is None else t
+    hi_t = -BIG if t is None else t
+    hard: HardEnd | None = None
+    soft: SoftEnd | None = None
+    if fact.end_kind == END_HARD:
+        hard = (BIG if fact.end_t is None else fact.end_t, k, fact.end_t, fact.cause, fact.error)
+    elif fact.end_kind in (END_TIMEOUT, END_ERROR):
+        soft = (lo_t, k, fact.end_kind, fact.end_t, fact.error)
+    return CallState(
+        call_id=call_id,
+        v2=fact.v2,
+        inbound=fact.inbound,
+        direction=None if fact.direction is None else (lo_t, k, fact.direction),
+        started=fact.start,
+        answered=fact.answered,
+        answered_at=fact.answer if fact.answered or fact.answer is not None else None,
+        hard=hard,
+        soft=soft,
+        tag=None if fact.tag is None else (hi_t, k, fact.tag),
+        from_=None if fact.from_ is None else (lo_t, k, fact.from_),
+        to=None if fact.to is None else (lo_t, k, fact.to),
+        parent=None if fact.parent is None else (lo_t, k, fact.parent),
+        first=None if t is None else (t, k, fact.event_type),
+        last=None if t is None else (t, k, fact.event_type),
+        live_max=None if fact.late_ok else t,
+        time_bad=fact.time_bad,
+        count=1,
+        first_seq=seq,
+        last_seq=seq,
+    )
+
+
+def merge(a: CallState, b: CallState) -> CallState:
+    """Join two states. Commutative, associative, idempotent in every field but ``count``."""
+    conflict = a.conflict or b.conflict
+    if a.hard is not None and b.hard is not None and a.hard[1] != b.hard[1]:
+        conflict = True
+    return CallState(
+        call_id=a.call_id or b.call_id,
+        v2=a.v2 or b.v2,
+        inbound=a.inbound or b.inbound,
+        direction=_lo(a.direction, b.direction),
+        started=_min(a.started, b.started),
+        answered=a.answered or b.answered,
+        answered_at=_min(a.answered_at, b.answered_at),
+        hard=_lo_hard(a.hard, b.hard),
+        conflict=conflict,
+        soft=_lo_soft(a.soft, b.soft),
+        tag=_hi(a.tag, b.tag),
+        from_=_lo(a.from_, b.from_),
+        to=_lo(a.to, b.to),
+        parent=_lo(a.parent, b.parent),
+        first=_lo(a.first, b.first),
+        last=_hi(a.last, b.last),
+        live_max=_max(a.live_max, b.live_max),
+        time_bad=a.time_bad or b.time_bad,
+        count=a.count + b.count,
+        first_seq=_min(a.first_seq, b.first_seq),
+        last_seq=_max(a.last_seq, b.last_seq),
+    )
+
+
+def evolve(state: CallState, fact: Fact, seq: int | None = None) -> CallState:
+    """The state after one more *distinct* event (the store's UNIQUE key guarantees that)."""
+    return merge(state, unit(fact, state.call_id, seq))
+
+
+def fold(facts: Iterable[Fact], call_id: str = "") -> CallState:
+    """The state of a call from its events, in any order, with any duplicates."""
+    state = initial_state(call_id)
+    seen: dict[bytes, Fact] = {}
+    for fact in facts:
+        prev = seen.get(fact.key)
+        if prev is None:
+            seen[fact.key] = fact
+            state = evolve(state, fact)
+        elif fact.seq is not None and prev.seq != fact.seq:
+            # the same content logged under another seq cannot happen in the store, but keep
+            # firstSeq/lastSeq a function of what was seen
+            state = msgspec.structs.replace(
+                state,
+                first_seq=_min(state.first_seq, fact.seq),
+                last_seq=_max(state.last_seq, fact.seq),
+            )
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# The public view
+
+
+class CallView(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /calls/{callId}``: field names and order as in the spec."""
+
+    callId: str
+    api: str
+    status: str
+    direction: str | None
+    from_: str | None = msgspec.field(name="from")
+    to: str | None
+    startedAt: str | None
+    answeredAt: str | None
+    endedAt: str | None
+    cause: str | None
+    outcome: str | None
+    errorMessage: str | None
+    ringSeconds: float | None
+    talkSeconds: float | None
+    durationSeconds: float | None
+    tag: str | None
+    parentCallId: str | None
+    eventCount: int
+    firstEventAt: str | None
+    lastEventAt: str | None
+    lastEventType: str | None
+    firstSeq: int | None
+    lastSeq: int | None
+    anomalies: list[str]
+
+
+def _secs(a: int | None, b: int | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return (b - a) / 1000.0
+
+
+def ended_at(s: CallState) -> int | None:
+    if s.hard is not None:
+        return s.hard[2]
+    if s.soft is not None:
+        return s.soft[3]
+    return None
+
+
+def status_of(s: CallState) -> str:
+    if s.hard is not None or s.soft is not None:
+        return "ended"
+    return "answered" if s.answered else "started"
+
+
+def view(s: CallState, outcomes: Mapping[str, str] | None = None) -> CallView:
+    """Render the public state of a call. Total."""
+    end = ended_at(s)
+    cause = error = outcome = None
+    if s.hard is not None:
+        cause, error = s.hard[3], s.hard[4]
+        outcome = outcome_of(cause, outcomes)
+    elif s.soft is not None:
+        error = s.soft[4]
+        outcome = "no_answer" if s.soft[2] == END_TIMEOUT else "error"
+    anomalies = []
+    if s.conflict:
+        anomalies.append("conflicting_end")
+    if end is not None and s.live_max is not None and s.live_max > end:
+        anomalies.append("event_after_end")
+    if s.time_bad:
+        anomalies.append("unparseable_time")
+    if s.direction is not None:
+        direction: str | None = s.direction[2]
+    else:
+        direction = "inbound" if s.inbound else None
+    return CallView(
+        callId=s.call_id,
+        api="v2" if s.v2 else "v1",
+        status=status_of(s),
+        direction=direction,
+        from_=None if s.from_ is None else s.from_[2],
+        to=None if s.to is None else s.to[2],
+        startedAt=format_time(s.started),
+        answeredAt=format_time(s.answered_at),
+        endedAt=format_time(end),
+        cause=cause,
+        outcome=outcome,
+        errorMessage=error,
+        ringSeconds=_secs(s.started, s.answered_at),
+        talkSeconds=_secs(s.answered_at, end),
+        durationSeconds=_secs(s.started, end),
+        tag=None if s.tag is None else s.tag[2],
+        parentCallId=None if s.parent is None else s.parent[2],
+        eventCount=s.count,
+        firstEventAt=None if s.first is None else format_time(s.first[0]),
+        lastEventAt=None if s.last is None else format_time(s.last[0]),
+        lastEventType=None if s.last is None else s.last[2],
+        firstSeq=s.first_seq,
+        lastSeq=s.last_seq,
+        anomalies=anomalies,
+    )

@@ -1,0 +1,735 @@
+"""The SQLite event log and the call projection: schema, append with dedupe, reads, replay.
+
+Tables (schema created and migrated with sqlite-utils; ``PRAGMA user_version`` is the version):
+
+* ``events`` — the append-only log. ``seq`` is the log position. ``dkey`` (UNIQUE) is the
+  dedupe key: 8 bytes of event time then the 16-byte content digest, so the index grows at its
+  right edge like the log instead of at random places. ``fact`` is what the fold needs (msgpack),
+  so replay never re-parses JSON; ``body`` holds the exact bytes received. Never updated or deleted.
+* ``calls`` — the projection, one row per call, written in the same transaction as the append.
+  ``call_key`` is given to a call when it is first seen, so it grows with time too; the log keeps
+  it, so a replay streams the log call by call (``ORDER BY call_key, seq``) in bounded memory.
+* ``rejects`` — the quarantine of refused bodies (capped in size), for repair and re-ingest.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+from sqlite_utils import Database
+
+from tracker.errors import StorageUnavailable
+from tracker.events import Decoded
+from tracker.state import CallState, CallView, Fact, evolve, fact_of, initial_state, unit, view
+
+SCHEMA_VERSION: Final = 1
+
+_fact_enc = msgspec.msgpack.Encoder()
+_fact_dec = msgspec.msgpack.Decoder(Fact)
+_state_dec = msgspec.msgpack.Decoder(CallState)
+_state_enc = msgspec.msgpack.Encoder()
+_json_enc = msgspec.json.Encoder()
+
+FILTER_COLUMNS: Final = {
+    "status": "status",
+    "outcome": "outcome",
+    "cause": "cause",
+    "direction": "direction",
+    "from": "from_number",
+    "to": "to_number",
+    "tag": "tag",
+}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --------------------------------------------------------------------------------------------
+# What the shell hands to the store
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One accepted event, ready to append: decoded once, on the caller's side."""
+
+    dkey: bytes
+    api: int
+    event_type: str
+    call_id: str | None
+    event_time: int | None
+    fact: Fact
+    fact_blob: bytes
+    fmt: str  # "json", "form" or "query": how the body bytes are to be read
+    body: bytes
+    received_at: int
+
+
+def make_entry(decoded: Decoded, body: bytes, fmt: str, received_at: int | None = None) -> Entry:
+    fact = fact_of(decoded)
+    t = fact.t
+    prefix = struct.pack(">q", t if t is not None else 0)
+    return Entry(
+        dkey=prefix + decoded.key,
+        api=2 if fact.v2 else 1,
+        event_type=fact.event_type,
+        call_id=decoded.event.callId,
+        event_time=t,
+        fact=fact,
+        fact_blob=_fact_enc.encode(fact),
+        fmt=fmt,
+        body=body,
+        received_at=now_ms() if received_at is None else received_at,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    received_at: int
+    status: int
+    error: str
+    detail: str
+    body: bytes
+    content_type: str
+    path: str
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+
+
+def connect(
+    path: str | Path, *, synchronous: str = "normal", busy_ms: int = 5000
+) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, with our pragmas."""
+    p = Path(path)
+    if str(p) != ":memory:":
+        p.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        str(p), isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal" and str(p) != ":memory:":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the indexes' hot pages in memory
+    conn.execute("PRAGMA foreign_keys = OFF")
+    return conn
+
+
+def _calls_columns() -> dict[str, Any]:
+    return {
+        "call_key": int,
+        "call_id": str,
+        "status": str,
+        "outcome": str,
+        "cause": str,
+        "direction": str,
+        "from_number": str,
+        "to_number": str,
+        "tag": str,
+        "first_event_at": int,
+        "last_seq": int,
+        "state": bytes,
+        "view": bytes,
+    }
+
+
+def create_calls_table(db: Database, name: str, suffix: str) -> None:
+    """The projection table and its indexes (``suffix`` keeps index names unique across swaps)."""
+    db[name].create(_calls_columns(), pk="call_key", not_null=["call_id"])
+    t = db[name]
+    t.create_index(["call_id"], index_name=f"calls_id_{suffix}", unique=True)
+    t.create_index(["last_seq"], index_name=f"calls_seq_{suffix}")
+    t.create_index(["first_event_at"], index_name=f"calls_first_{suffix}")
+    for column in FILTER_COLUMNS.values():
+        t.create_index([column, "last_seq"], index_name=f"calls_{column}_{suffix}")
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the schema to :data:`SCHEMA_VERSION`."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StorageUnavailable(
+            f"the database has schema version {version}, newer than this release's "
+            f"{SCHEMA_VERSION}: upgrade tracker"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    db = Database(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version < 1:
+            db["events"].create(
+                {
+                    "seq": int,
+                    "received_at": int,
+                    "api": int,
+                    "event_type": str,
+                    "call_id": str,
+                    "call_key": int,
+                    "event_time": int,
+                    "dkey": bytes,
+                    "fmt": str,
+                    "fact": bytes,
+                    "body": bytes,
+                },
+                pk="seq",
+                not_null=["received_at", "api", "event_type", "dkey", "fmt", "fact", "body"],
+            )
+            db["events"].create_index(["dkey"], index_name="events_dkey", unique=True)
+            db["events"].create_index(["call_key", "seq"], index_name="events_call")
+            create_calls_table(db, "calls", "a")
+            db["rejects"].create(
+                {
+                    "id": int,
+                    "received_at": int,
+                    "status": int,
+                    "error": str,
+                    "detail": str,
+                    "content_type": str,
+                    "path": str,
+                    "size": int,
+                    "truncated": int,
+                    "body": bytes,
+                },
+                pk="id",
+            )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _row_of(state: CallState, outcomes: Mapping[str, str] | None) -> tuple[Any, ...]:
+    v = view(state, outcomes)
+    first = state.first[0] if state.first is not None else None
+    return (
+        state.call_id,
+        v.status,
+        v.outcome,
+        v.cause,
+        v.direction,
+        v.from_,
+        v.to,
+        v.tag,
+        first,
+        state.last_seq,
+        _state_enc.encode(state),
+        _json_enc.encode(v),
+    )
+
+
+_UPSERT_CALL = """
+INSERT INTO calls (call_key, call_id, status, outcome, cause, direction, from_number, to_number,
+                   tag, first_event_at, last_seq, state, view)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(call_key) DO UPDATE SET
+  status = excluded.status, outcome = excluded.outcome, cause = excluded.cause,
+  direction = excluded.direction, from_number = excluded.from_number,
+  to_number = excluded.to_number, tag = excluded.tag, first_event_at = excluded.first_event_at,
+  last_seq = excluded.last_seq, state = excluded.state, view = excluded.view
+"""
+
+_INSERT_EVENT = """
+INSERT INTO events (seq, received_at, api, event_type, call_id, call_key, event_time, dkey, fmt,
+                    fact, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def quarantine_cap(body: bytes, cap: int) -> tuple[bytes, bool]:
+    return (body[:cap], True) if len(body) > cap else (body, False)
+
+
+class Store:
+    """One SQLite file. The write methods belong to exactly one thread at a time (the writer)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "normal",
+        outcomes: Mapping[str, str] | None = None,
+        busy_ms: int = 5000,
+        quarantine_max_bytes: int = 65536,
+    ) -> None:
+        self.path = str(path)
+        self.synchronous = synchronous
+        self.outcomes = dict(outcomes or {})
+        self.busy_ms = busy_ms
+        self.quarantine_max_bytes = quarantine_max_bytes
+        self.conn = connect(self.path, synchronous=synchronous, busy_ms=busy_ms)
+        migrate(self.conn)
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+
+    def reopen(self) -> None:
+        """Drop and reopen the write connection (after a read-only or I/O fault)."""
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+        self.conn = connect(self.path, synchronous=self.synchronous, busy_ms=self.busy_ms)
+        migrate(self.conn)
+
+    # -- the append transaction --------------------------------------------------------------
+
+    def write_batch(
+        self, groups: Sequence[Sequence[Entry]], rejects: Sequence[Reject] = ()
+    ) -> list[list[Appended]]:
+        """Append every group's entries and refresh the projection, all in one transaction.
+
+        Returns each group's results in order. Raises ``sqlite3.Error`` with nothing written.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = self._append(conn, groups)
+            for r in rejects:
+                self._reject(conn, r)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return out
+
+    def _append(
+        self, conn: sqlite3.Connection, groups: Sequence[Sequence[Entry]]
+    ) -> list[list[Appended]]:
+        row = conn.execute("SELECT max(seq) FROM events").fetchone()
+        next_seq = (row[0] or 0) + 1
+        row = conn.execute("SELECT max(call_key) FROM calls").fetchone()
+        next_key = (row[0] or 0) + 1
+        touched: dict[str, tuple[int, CallState]] = {}
+        results: list[list[Appended]] = []
+        execute = conn.execute
+        for group in groups:
+            res: list[Appended] = []
+            for e in group:
+                found = execute("SELECT seq FROM events WHERE dkey = ?", (e.dkey,)).fetchone()
+                if found is not None:
+                    res.append(Appended(found[0], True))
+                    continue
+                seq = next_seq
+                next_seq += 1
+                call_key = None
+                cid = e.call_id
+                if cid is not None:
+                    cur = touched.get(cid)
+                    if cur is None:
+                        got = execute(
+                            "SELECT call_key, state FROM calls WHERE call_id = ?", (cid,)
+                        ).fetchone()
+                        if got is None:
+                            cur = (next_key, initial_state(cid))
+                            next_key += 1
+                        else:
+                            cur = (got[0], _state_dec.decode(got[1]))
+                    call_key = cur[0]
+                    touched[cid] = (call_key, evolve(cur[1], e.fact, seq))
+                execute(
+                    _INSERT_EVENT,
+                    (
+                        seq,
+                        e.received_at,
+                        e.api,
+                        e.event_type,
+                        cid,
+                        call_key,
+                        e.event_time,
+                        e.dkey,
+                        e.fmt,
+                        e.fact_blob,
+                        e.body,
+                    ),
+                )
+                res.append(Appended(seq, False))
+            results.append(res)
+        outcomes = self.outcomes
+        for call_key, state in touched.values():
+            execute(_UPSERT_CALL, (call_key, *_row_of(state, outcomes)))
+        return results
+
+    def _reject(self, conn: sqlite3.Connection, r: Reject) -> int:
+        body, truncated = quarantine_cap(r.body, self.quarantine_max_bytes)
+        cur = conn.execute(
+            "INSERT INTO rejects (received_at, status, error, detail, content_type, path, size,"
+            " truncated, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.received_at,
+                r.status,
+                r.error,
+                r.detail,
+                r.content_type,
+                r.path,
+                len(r.body),
+                int(truncated),
+                body,
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def append(self, entries: Sequence[Entry]) -> list[Appended]:
+        """Append one group in its own transaction (CLI import, Python API, tests)."""
+        return self.write_batch([entries])[0]
+
+    def reject(self, r: Reject) -> None:
+        self.write_batch([], [r])
+
+    # -- replay ------------------------------------------------------------------------------
+
+    def replay(
+        self,
+        *,
+        check: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
+        """Rebuild the projection from the log.
+
+        Without ``check``: into a new table, swapped in atomically (new events that arrive while
+        it runs are folded in under the write lock just before the swap). With ``check``: compare
+        with the current projection and return every differing call with its differing fields.
+        """
+        return replay(self, check=check, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# Replay
+
+
+def _iter_calls(
+    conn: sqlite3.Connection, after_key: int = 0, max_seq: int | None = None
+) -> Iterator[tuple[int, CallState]]:
+    """Fold the log call by call, streaming (bounded memory)."""
+    sql = "SELECT call_key, seq, call_id, fact FROM events WHERE call_key > ?"
+    args: list[Any] = [after_key]
+    if max_seq is not None:
+        sql += " AND seq <= ?"
+        args.append(max_seq)
+    sql += " ORDER BY call_key, seq"
+    decode = _fact_dec.decode
+    current_key = -1
+    state: CallState | None = None
+    for call_key, seq, call_id, blob in conn.execute(sql, args):
+        if call_key != current_key:
+            if state is not None:
+                yield current_key, state
+            current_key = call_key
+            state = unit(decode(blob), call_id, seq)
+        else:
+            assert state is not None
+            state = evolve(state, decode(blob), seq)
+    if state is not None:
+        yield current_key, state
+
+
+def replay(
+    store: Store,
+    *,
+    check: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
+    conn = store.conn
+    outcomes = store.outcomes
+    total = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
+    drift: list[tuple[str, dict[str, tuple[Any, Any]]]] = []
+    reader = connect(store.path, busy_ms=store.busy_ms)
+    try:
+        reader.execute("BEGIN")  # one snapshot for the whole pass
+        max_seq = reader.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        if check:
+            seen: set[int] = set()
+            for n, (call_key, state) in enumerate(_iter_calls(reader, max_seq=max_seq), 1):
+                seen.add(call_key)
+                got = reader.execute(
+                    "SELECT view FROM calls WHERE call_key = ?", (call_key,)
+                ).fetchone()
+                want = msgspec.json.decode(_json_enc.encode(view(state, outcomes)))
+                have = msgspec.json.decode(got[0]) if got else None
+                if have != want:
+                    drift.append((state.call_id, _diff(have, want)))
+                if progress and n % 10000 == 0:
+                    progress(n, total)
+            for call_key, call_id in reader.execute("SELECT call_key, call_id FROM calls"):
+                if call_key not in seen:
+                    drift.append((call_id, {"*": ("present", "absent from the log")}))
+            reader.execute("COMMIT")
+            return drift
+        name = f"calls_rebuild_{int(time.time() * 1000)}"
+        db = Database(conn)
+        existing = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        suffix = "b" if "calls_id_a" in existing else "a"
+        conn.execute("BEGIN IMMEDIATE")
+        create_calls_table(db, name, suffix)
+        conn.execute("COMMIT")
+        try:
+            insert = f"INSERT INTO {name} (call_key, call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at, last_seq, state, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            conn.execute("BEGIN IMMEDIATE")
+            n = 0
+            for n, (call_key, state) in enumerate(_iter_calls(reader, max_seq=max_seq), 1):
+                conn.execute(insert, (call_key, *_row_of(state, outcomes)))
+                if n % 5000 == 0:
+                    conn.execute("COMMIT")
+                    if progress:
+                        progress(n, total)
+                    conn.execute("BEGIN IMMEDIATE")
+            conn.execute("COMMIT")
+            reader.execute("COMMIT")
+            # Catch up under the write lock with what arrived meanwhile, then swap.
+            conn.execute("BEGIN IMMEDIATE")
+            late = conn.execute(
+                "SELECT DISTINCT call_key FROM events WHERE seq > ? AND call_key IS NOT NULL",
+                (max_seq,),
+            ).fetchall()
+            for (call_key,) in late:
+                states = list(_iter_calls_one(conn, call_key))
+                for ck, state in states:
+                    conn.execute(f"DELETE FROM {name} WHERE call_key = ?", (ck,))
+                    conn.execute(insert, (ck, *_row_of(state, outcomes)))
+            conn.execute("DROP TABLE calls")
+            conn.execute(f"ALTER TABLE {name} RENAME TO calls")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+            raise
+        if progress:
+            progress(n, total)
+        return drift
+    finally:
+        reader.close()
+
+
+def _iter_calls_one(conn: sqlite3.Connection, call_key: int) -> Iterator[tuple[int, CallState]]:
+    decode = _fact_dec.decode
+    state: CallState | None = None
+    for seq, call_id, blob in conn.execute(
+        "SELECT seq, call_id, fact FROM events WHERE call_key = ? ORDER BY seq", (call_key,)
+    ):
+        fact = decode(blob)
+        state = unit(fact, call_id, seq) if state is None else evolve(state, fact, seq)
+    if state is not None:
+        yield call_key, state
+
+
+def _diff(have: Any, want: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    if not isinstance(have, dict):
+        return {"*": ("absent", "present in the log")}
+    return {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+
+
+# --------------------------------------------------------------------------------------------
+# Reads (any connection; the app runs them on read connections, never the writer's)
+
+
+class EventRow(msgspec.Struct, frozen=True):
+    """One logged event as the query API shows it."""
+
+    seq: int
+    receivedAt: str | None
+    eventType: str
+    callId: str | None
+    time: str | None
+    payload: Any
+
+
+class RejectRow(msgspec.Struct, frozen=True):
+    id: int
+    receivedAt: str | None
+    status: int
+    error: str
+    detail: str
+    contentType: str | None
+    path: str | None
+    size: int
+    truncated: bool
+    body: str
+    bodyEncoding: str  # "utf-8" or "base64" (bodies that are not valid UTF-8)
+
+
+def payload_of(fmt: str, body: bytes) -> Any:
+    """What was received, as JSON: JSON bodies verbatim, form/query bodies as string fields."""
+    if fmt == "json":
+        return msgspec.Raw(body)
+    return form_fields(body)
+
+
+def form_fields(body: bytes) -> dict[str, str]:
+    """A form-encoded or query-string body as string fields (the last of repeated keys wins)."""
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(body.decode("utf-8", "surrogateescape"), keep_blank_values=True))
+
+
+_EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body"
+
+
+def _event_row(r: tuple[Any, ...]) -> EventRow:
+    from tracker.events import format_time
+
+    return EventRow(
+        seq=r[0],
+        receivedAt=format_time(r[1]),
+        eventType=r[2],
+        callId=r[3],
+        time=format_time(r[4]),
+        payload=payload_of(r[5], r[6]),
+    )
+
+
+def get_view(conn: sqlite3.Connection, call_id: str) -> bytes | None:
+    row = conn.execute("SELECT view FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def call_events(conn: sqlite3.Connection, call_id: str) -> list[EventRow] | None:
+    """A call's timeline by event time (untimed last), then seq; ``None`` for an unknown call."""
+    row = conn.execute("SELECT call_key FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE call_key = ?"
+        " ORDER BY event_time IS NULL, event_time, seq",
+        (row[0],),
+    ).fetchall()
+    return [_event_row(r) for r in rows]
+
+
+def events_after(conn: sqlite3.Connection, after: int, limit: int) -> list[EventRow]:
+    rows = conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+    ).fetchall()
+    return [_event_row(r) for r in rows]
+
+
+def list_calls(
+    conn: sqlite3.Connection,
+    filters: Mapping[str, str],
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    limit: int = 100,
+    before_seq: int | None = None,
+) -> tuple[list[bytes], int | None]:
+    """Rendered views, highest ``lastSeq`` first; returns the page and the next cursor."""
+    where: list[str] = []
+    args: list[Any] = []
+    for name, value in filters.items():
+        where.append(f"{FILTER_COLUMNS[name]} = ?")
+        args.append(value)
+    if since is not None:
+        where.append("first_event_at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("first_event_at < ?")
+        args.append(until)
+    if before_seq is not None:
+        where.append("last_seq < ?")
+        args.append(before_seq)
+    sql = "SELECT view, last_seq FROM calls"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY last_seq DESC LIMIT ?"
+    args.append(limit + 1)
+    rows = conn.execute(sql, args).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [bytes(r[0]) for r in rows], (rows[-1][1] if more and rows else None)
+
+
+def stats(
+    conn: sqlite3.Connection, *, since: int | None = None, until: int | None = None
+) -> dict[str, Any]:
+    where: list[str] = []
+    args: list[Any] = []
+    if since is not None:
+        where.append("first_event_at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("first_event_at < ?")
+        args.append(until)
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    out: dict[str, Any] = {}
+    total = 0
+    for key, column in (("byStatus", "status"), ("byOutcome", "outcome"), ("byCause", "cause")):
+        counts: dict[str, int] = {}
+        for value, n in conn.execute(
+            f"SELECT {column}, count(*) FROM calls{clause} GROUP BY {column} ORDER BY {column}",
+            args,
+        ):
+            if value is not None:
+                counts[value] = n
+            if key == "byStatus":
+                total += n
+        out[key] = counts
+    return {"total": total, **out}
+
+
+def list_rejects(
+    conn: sqlite3.Connection, after: int, limit: int
+) -> tuple[list[RejectRow], int | None]:
+    import base64
+
+    from tracker.events import format_time
+
+    rows = conn.execute(
+        "SELECT id, received_at, status, error, detail, content_type, path, size, truncated, body"
+        " FROM rejects WHERE id > ? ORDER BY id LIMIT ?",
+        (after, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    out = []
+    for r in rows[:limit]:
+        raw = bytes(r[9] or b"")
+        try:
+            text, enc = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, enc = base64.b64encode(raw).decode("ascii"), "base64"
+        out.append(
+            RejectRow(
+                id=r[0],
+                receivedAt=format_time(r[1]),
+                status=r[2],
+                error=r[3],
+                detail=r[4],
+                contentType=r[5],
+                path=r[6],
+                size=r[7],
+                truncated=bool(r[8]),
+                body=text,
+                bodyEncoding=enc,
+            )
+        )
+    return out, (out[-1].id if more and out else None)
+
+
+__all__ = ["Appended", "CallView", "Entry", "EventRow", "Reject", "RejectRow", "Store", "StorageUnavailable", "call_events", "events_after", "get_view", "list_calls", "list_rejects", "make_entry", "stats"]
