@@ -19,6 +19,7 @@ class TrackerError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.partial: bytes | None = None  # what was read of a refused body, when not all of it
 
 
 class InvalidJson(TrackerError):
@@ -32,6 +33,10 @@ class BadParameter(TrackerError):
 class Unauthorized(TrackerError):
     status, code = 401, "unauthorized"
 
+    def __init__(self, detail: str, challenge: str = 'Basic realm="tracker"') -> None:
+        super().__init__(detail)
+        self.challenge = challenge  # the WWW-Authenticate header to send
+
 
 class NotFound(TrackerError):
     status, code = 404, "not_found"
@@ -39,6 +44,10 @@ class NotFound(TrackerError):
 
 class MethodNotAllowed(TrackerError):
     status, code = 405, "method_not_allowed"
+
+
+class RequestTimeout(TrackerError):
+    status, code = 408, "timeout"
 
 
 class TooLarge(TrackerError):
@@ -83,6 +92,7 @@ __all__ = [
     "InvalidJson",
     "MethodNotAllowed",
     "NotFound",
+    "RequestTimeout",
     "StorageUnavailable",
     "TooLarge",
     "TrackerError",

@@ -436,7 +436,7 @@ def parse_time(value: Any) -> int | None:
     m = _TIME.fullmatch(value)
     if m is None:
         return None
-    y, mo, d, hh, mi, ss, frac, z, sign, oh, om = m.groups()
+    y, mo, d, hh, mi, ss, frac, _z, sign, oh, om = m.groups()
     try:
         dt = datetime(int(y), int(mo), int(d), int(hh or 0), int(mi or 0), int(ss or 0), tzinfo=UTC)
     except ValueError:

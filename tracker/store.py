@@ -14,6 +14,7 @@ Tables (schema created and migrated with sqlite-utils; ``PRAGMA user_version`` i
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import struct
 import time
@@ -151,8 +152,8 @@ def _calls_columns() -> dict[str, Any]:
 
 def create_calls_table(db: Database, name: str, suffix: str) -> None:
     """The projection table and its indexes (``suffix`` keeps index names unique across swaps)."""
-    db[name].create(_calls_columns(), pk="call_key", not_null=["call_id"])
-    t = db[name]
+    db.table(name).create(_calls_columns(), pk="call_key", not_null=["call_id"])
+    t = db.table(name)
     t.create_index(["call_id"], index_name=f"calls_id_{suffix}", unique=True)
     t.create_index(["last_seq"], index_name=f"calls_seq_{suffix}")
     t.create_index(["first_event_at"], index_name=f"calls_first_{suffix}")
@@ -174,7 +175,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         if version < 1:
-            db["events"].create(
+            db.table("events").create(
                 {
                     "seq": int,
                     "received_at": int,
@@ -191,10 +192,10 @@ def migrate(conn: sqlite3.Connection) -> None:
                 pk="seq",
                 not_null=["received_at", "api", "event_type", "dkey", "fmt", "fact", "body"],
             )
-            db["events"].create_index(["dkey"], index_name="events_dkey", unique=True)
-            db["events"].create_index(["call_key", "seq"], index_name="events_call")
+            db.table("events").create_index(["dkey"], index_name="events_dkey", unique=True)
+            db.table("events").create_index(["call_key", "seq"], index_name="events_call")
             create_calls_table(db, "calls", "a")
-            db["rejects"].create(
+            db.table("rejects").create(
                 {
                     "id": int,
                     "received_at": int,
@@ -282,18 +283,14 @@ class Store:
         migrate(self.conn)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
         self.conn.close()
 
     def reopen(self) -> None:
         """Drop and reopen the write connection (after a read-only or I/O fault)."""
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self.conn.close()
-        except sqlite3.Error:
-            pass
         self.conn = connect(self.path, synchronous=self.synchronous, busy_ms=self.busy_ms)
         migrate(self.conn)
 
@@ -732,4 +729,41 @@ def list_rejects(
     return out, (out[-1].id if more and out else None)
 
 
-__all__ = ["Appended", "CallView", "Entry", "EventRow", "Reject", "RejectRow", "Store", "StorageUnavailable", "call_events", "events_after", "get_view", "list_calls", "list_rejects", "make_entry", "stats"]
+# --------------------------------------------------------------------------------------------
+# Streaming reads (CLI export): one cursor each, so memory stays bounded. Run them inside one
+# read transaction (``BEGIN`` on a connection of its own) for a consistent snapshot.
+
+
+def iter_views(conn: sqlite3.Connection) -> Iterator[bytes]:
+    """Every call's rendered view (``CallView`` JSON), lowest ``lastSeq`` first."""
+    for (v,) in conn.execute("SELECT view FROM calls ORDER BY last_seq"):
+        yield bytes(v)
+
+
+def iter_events(conn: sqlite3.Connection, after: int = 0) -> Iterator[EventRow]:
+    """The whole log after ``after``, in seq order."""
+    for r in conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (after,)
+    ):
+        yield _event_row(r)
+
+
+__all__ = [
+    "Appended",
+    "CallView",
+    "Entry",
+    "EventRow",
+    "Reject",
+    "RejectRow",
+    "StorageUnavailable",
+    "Store",
+    "call_events",
+    "events_after",
+    "get_view",
+    "iter_events",
+    "iter_views",
+    "list_calls",
+    "list_rejects",
+    "make_entry",
+    "stats",
+]

@@ -1,0 +1,747 @@
+"""The HTTP service: ``create_app(settings)``.
+
+``/callbacks`` is served by a lean ASGI path (it is the hot path: no routing, no Request object,
+decode once, answer after the group commit). Everything else is a small Starlette application.
+``GET /calls/{callId}`` is matched on the raw path, because call ids are arbitrary strings
+(``{callId}``, quotes, percent-encoded slashes). Errors are data (:mod:`tracker.errors`) rendered
+by :func:`error_response`, the one place that maps them to HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from tracker import store as st
+from tracker.config import Settings
+from tracker.errors import (
+    BadParameter,
+    EventRejected,
+    InvalidJson,
+    MethodNotAllowed,
+    NotFound,
+    RequestTimeout,
+    StorageUnavailable,
+    TooLarge,
+    TrackerError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from tracker.events import InvalidEvent, decode_object, parse_json, parse_time
+from tracker.metrics import Metrics
+from tracker.openapi import document
+from tracker.state import OUTCOMES
+from tracker.writer import Writer
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_json = msgspec.json.Encoder()
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+JSON_HEADERS = [(b"content-type", b"application/json")]
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+QUARANTINED = frozenset({400, 408, 413, 415, 422})
+STATUSES = frozenset({"started", "answered", "ended"})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived."""
+
+
+def error_body(err: TrackerError) -> bytes:
+    return _json.encode({"error": err.code, "detail": err.detail})
+
+
+def error_response(err: TrackerError) -> Response:
+    """The one table from errors to HTTP: status and code come from the error class."""
+    headers = {}
+    if isinstance(err, Unauthorized):
+        headers["WWW-Authenticate"] = err.challenge
+    return Response(error_body(err), err.status, headers, media_type="application/json")
+
+
+async def send_bytes(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, err: TrackerError, close: bool = False) -> None:
+    headers = list(JSON_HEADERS)
+    if isinstance(err, Unauthorized):
+        headers.append((b"www-authenticate", err.challenge.encode()))
+    if close:
+        headers.append((b"connection", b"close"))
+    await send_bytes(send, err.status, error_body(err), headers)
+
+
+def route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+def raw_route_path(scope: Scope) -> bytes:
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    root = scope.get("root_path", "").encode()
+    return raw[len(root) :] if root and raw.startswith(root) else raw
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing an ingest request into entries (pure apart from the clock)
+
+
+def _content_kind(content_type: bytes, body: bytes) -> str:
+    """How to read a POST body. A form-typed body that starts like JSON is JSON (``curl -d``)."""
+    mime = content_type.split(b";", 1)[0].strip().lower()
+    if mime in (b"", b"application/json") or mime.endswith(b"+json"):
+        return "json"
+    if mime == b"application/x-www-form-urlencoded":
+        return "json" if body.lstrip()[:1] in (b"{", b"[") else "form"
+    shown = mime.decode("latin-1")
+    raise UnsupportedMediaType(
+        f"content type {shown} is not accepted: send application/json "
+        "(or application/x-www-form-urlencoded)"
+    )
+
+
+def _fields(raw: bytes, what: str) -> dict[str, str]:
+    try:
+        text = raw.decode("ascii")
+        return dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidJson(f"the {what} is not valid UTF-8 percent-encoding") from None
+
+
+def parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entry], bool]:
+    """Entries for a body; ``True`` when it was a JSON array (a batch). Raises TrackerError."""
+    now = st.now_ms()
+    if kind != "json":
+        fields = _fields(body, "query string" if kind == "query" else "form body")
+        try:
+            decoded = decode_object(fields, lenient=True)
+        except InvalidEvent as err:
+            raise EventRejected(str(err)) from None
+        return [st.make_entry(decoded, body, kind, now)], False
+    head = body.lstrip()[:1]
+    if head == b"[":
+        try:
+            raws = _raw_list.decode(body)
+        except msgspec.DecodeError as err:
+            raise InvalidJson(f"the body is not valid JSON: {err}") from None
+        if len(raws) > max_batch:
+            raise TooLarge(f"a batch of {len(raws)} events exceeds max_batch ({max_batch})")
+        if not raws:
+            raise EventRejected("a batch must hold at least one event")
+        entries = []
+        for i, raw in enumerate(raws):
+            element = bytes(raw)
+            try:
+                decoded = decode_object(parse_json(element))
+            except InvalidEvent as err:
+                raise EventRejected(f"element {i}: {err}") from None
+            entries.append(st.make_entry(decoded, element, "json", now))
+        return entries, True
+    try:
+        obj = parse_json(body)
+    except msgspec.DecodeError as err:
+        if not body.strip():
+            raise InvalidJson("the body is empty: send one JSON event or an array") from None
+        raise InvalidJson(f"the body is not valid JSON: {err}") from None
+    try:
+        decoded = decode_object(obj)
+    except InvalidEvent as err:
+        raise EventRejected(str(err)) from None
+    return [st.make_entry(decoded, body, "json", now)], False
+
+
+def _result_body(results: list[st.Appended], batch: bool) -> bytes:
+    if not batch:
+        r = results[0]
+        return b'{"seq":%d,"duplicate":%s}' % (r.seq, b"true" if r.duplicate else b"false")
+    return _json.encode({"results": [{"seq": r.seq, "duplicate": r.duplicate} for r in results]})
+
+
+# --------------------------------------------------------------------------------------------
+# Query parameters
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadParameter(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise BadParameter(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _time_param(params: Mapping[str, str], name: str) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    value = parse_time(raw)
+    if value is None:
+        raise BadParameter(f"{name} must be an ISO-8601 time such as 2012-11-14T15:55:01Z")
+    return value
+
+
+def _only(params: Mapping[str, str], allowed: set[str]) -> None:
+    for name in params:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise BadParameter(f"unknown parameter {name!r} (known: {known})")
+
+
+def _query(request: Request) -> dict[str, str]:
+    try:
+        return dict(
+            parse_qsl(
+                request.scope["query_string"].decode("ascii"),
+                keep_blank_values=True,
+                errors="strict",
+            )
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise BadParameter("the query string is not valid UTF-8 percent-encoding") from None
+
+
+MAX_SEQ = (1 << 63) - 1
+
+
+class TrackerApp:
+    """The ASGI application ``create_app`` returns. Mountable: see :meth:`lifespan`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.writer: Writer | None = None
+        self.reader: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._changed: asyncio.Event | None = None
+        self._closing = False
+        self.sse_clients = 0
+        self.forwarder: Any = None
+        ing = settings.ingest
+        self.max_body = ing.max_body_bytes
+        self.max_batch = ing.max_batch
+        self.body_timeout = ing.body_timeout_seconds
+        self._basic: tuple[bytes, bytes] | None = (
+            (ing.username.encode(), ing.password.encode()) if ing.username else None
+        )
+        self._token = settings.query.token.encode() if settings.query.token else None
+        routes = [
+            Route("/calls", self.list_calls),
+            Route("/stats", self.stats),
+            Route("/events", self.events),
+            Route("/events/stream", self.stream),
+            Route("/rejects", self.rejects),
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/metrics", self.metrics_route),
+            Route("/openapi.json", self.openapi),
+        ]
+        self.starlette = Starlette(
+            routes=routes,
+            lifespan=self._lifespan,
+            exception_handlers={
+                TrackerError: self._handle_error,
+                HTTPException: self._handle_http,
+                Exception: self._handle_crash,
+            },
+        )
+        self._openapi = _json.encode(document())
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the storage and start the writer (what the lifespan does)."""
+        s = self.settings.storage
+        store = st.Store(
+            s.path,
+            synchronous=s.synchronous,
+            outcomes=self.settings.outcomes,
+            busy_ms=s.busy_timeout_ms,
+            quarantine_max_bytes=self.settings.ingest.quarantine_max_bytes,
+        )
+        self.writer = Writer(
+            store,
+            max_events=self.settings.ingest.max_commit_events,
+            on_commit=self._on_commit,
+            on_error=self._on_error,
+        )
+        self.writer.start()
+        self.reader = st.connect(s.path, busy_ms=s.busy_timeout_ms)
+        self._changed = asyncio.Event()
+        self._closing = False
+        if self.settings.forward.url:
+            from tracker.forward import Forwarder  # only when forwarding is configured
+
+            self.forwarder = Forwarder(self.settings.forward, self.metrics)
+
+    async def close(self) -> None:
+        """Stop streams, commit everything queued, checkpoint, close."""
+        self._closing = True
+        self._notify()
+        if self.forwarder is not None:
+            await self.forwarder.close()
+            self.forwarder = None
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            await asyncio.get_running_loop().run_in_executor(None, writer.stop)
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """Use as (or inside) the parent's lifespan when mounting this app in another one."""
+        self.open()
+        try:
+            yield
+        finally:
+            await self.close()
+
+    def _lifespan(self, app: Any) -> Any:
+        return self.lifespan(app)
+
+    def _on_commit(
+        self, last_seq: int, done: list[tuple[Any, list[st.Appended]]], elapsed: float
+    ) -> None:
+        m = self.metrics
+        n = 0
+        for entries, results in done:
+            for e, r in zip(entries, results, strict=False):
+                n += 1
+                if r.duplicate:
+                    m.duplicates += 1
+                else:
+                    m.ingested[e.event_type] += 1
+        m.batch_events.observe(n)
+        m.commit_seconds.observe(elapsed)
+        self._notify()
+
+    def _on_error(self) -> None:
+        self.metrics.storage_errors += 1
+
+    def _notify(self) -> None:
+        ev = self._changed
+        if ev is not None:
+            self._changed = asyncio.Event()
+            ev.set()
+
+    def _read_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = st.connect(
+                self.settings.storage.path, busy_ms=self.settings.storage.busy_timeout_ms
+            )
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self.writer is None:
+            raise StorageUnavailable("the service is not started (lifespan not run)")
+        return await run_in_threadpool(lambda: fn(self._read_conn()))
+
+    # -- ASGI ------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = route_path(scope)
+            if path == "/callbacks" or path.startswith("/callbacks/"):
+                await self.ingest(scope, receive, send, path)
+                return
+            if self._token is not None and path not in OPEN_PATHS and not self._bearer_ok(scope):
+                self.metrics.query_auth_failures += 1
+                await send_error(send, Unauthorized("a bearer token is required", "Bearer"))
+                return
+            if path.startswith("/calls/"):
+                await self.call_route(scope, send)
+                return
+        await self.starlette(scope, receive, send)
+
+    def _header(self, scope: Scope, name: bytes) -> bytes | None:
+        for key, value in scope["headers"]:
+            if key == name:
+                return bytes(value)
+        return None
+
+    def _bearer_ok(self, scope: Scope) -> bool:
+        got = self._header(scope, b"authorization") or b""
+        scheme, _, token = got.partition(b" ")
+        assert self._token is not None
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
+
+    def _basic_ok(self, auth: bytes | None) -> bool:
+        assert self._basic is not None
+        if not auth:
+            return False
+        scheme, _, blob = auth.partition(b" ")
+        if scheme.lower() != b"basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(blob.strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return False
+        ok_user = hmac.compare_digest(user, self._basic[0])
+        ok_pass = hmac.compare_digest(password, self._basic[1])
+        return ok_user and ok_pass
+
+    # -- ingest ----------------------------------------------------------------------------------
+
+    async def ingest(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        t0 = time.perf_counter()
+        content_type = b""
+        length: bytes | None = None
+        auth: bytes | None = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                length = value
+            elif key == b"authorization":
+                auth = value
+        if self._basic is not None and not self._basic_ok(auth):
+            self.metrics.auth_failures += 1
+            await send_error(
+                send,
+                Unauthorized("credentials are required for /callbacks", 'Basic realm="tracker"'),
+            )
+            return
+        writer = self.writer
+        body = b""
+        method = scope["method"]
+        try:
+            if writer is None:
+                raise StorageUnavailable("the service is not started (lifespan not run)")
+            if method == "POST":
+                body = await self._read_body(receive, length)
+                kind = _content_kind(content_type, body)
+            elif method == "GET":
+                kind = "query"
+                body = scope["query_string"]
+            else:
+                raise MethodNotAllowed(f"{method} is not allowed on /callbacks: use POST or GET")
+            entries, batch = parse_entries(body, kind, self.max_batch)
+            results = await writer.submit(entries)
+            status, answer = 200, _result_body(results, batch)
+        except ClientGone:
+            return
+        except TrackerError as err:
+            if err.status in QUARANTINED and writer is not None:
+                partial = getattr(err, "partial", None)
+                reject = st.Reject(
+                    received_at=st.now_ms(),
+                    status=err.status,
+                    error=err.code,
+                    detail=err.detail,
+                    body=body if partial is None else partial,
+                    content_type=content_type.decode("latin-1"),
+                    path=path,
+                )
+                try:
+                    await writer.submit((), (reject,))
+                    self.metrics.rejects[err.code] += 1
+                except StorageUnavailable as unavailable:
+                    err = unavailable  # the body could not be kept: the sender must retry
+            if self.forwarder is not None and not isinstance(err, StorageUnavailable):
+                await self.forwarder.relay(scope, body, None, send, path)
+                return
+            await send_error(send, err, close=err.status in (408, 413))
+            return
+        self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
+        if self.forwarder is not None:
+            await self.forwarder.relay(scope, body, results, send, path)
+            return
+        await send_bytes(send, status, answer)
+
+    async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
+        limit = self.max_body
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                declared = -1
+            if declared > limit:
+                err = TooLarge(
+                    f"the body is {declared} bytes; the limit is {limit} (max_body_bytes)"
+                )
+                err.partial = b""
+                raise err
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > limit:
+                self._too_large(body, limit)
+            return body
+        chunks = [body]
+        size = len(body)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone()
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    chunks.append(chunk)
+                    if size > limit:
+                        self._too_large(b"".join(chunks), limit)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            late = RequestTimeout(
+                f"the body did not arrive within {self.body_timeout:g} s (body_timeout_seconds)"
+            )
+            late.partial = b"".join(chunks)
+            raise late from None
+        return b"".join(chunks)
+
+    def _too_large(self, seen: bytes, limit: int) -> None:
+        err = TooLarge(f"the body exceeds {limit} bytes (max_body_bytes)")
+        err.partial = seen[: self.settings.ingest.quarantine_max_bytes]
+        raise err
+
+    # -- query -----------------------------------------------------------------------------------
+
+    async def call_route(self, scope: Scope, send: Send) -> None:
+        """``GET /calls/{callId}`` and ``GET /calls/{callId}/events`` on the raw path."""
+        raw = raw_route_path(scope)[len(b"/calls/") :]
+        timeline = False
+        if raw.endswith(b"/events"):
+            raw, timeline = raw[: -len(b"/events")], True
+        try:
+            if scope["method"] not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{scope['method']} is not allowed here: use GET")
+            if not raw or b"/" in raw:
+                raise NotFound("no such route: call ids with '/' must be percent-encoded (%2F)")
+            try:
+                call_id = unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadParameter("the call id is not valid UTF-8 percent-encoding") from None
+            if self.reader is None:
+                raise StorageUnavailable("the service is not started (lifespan not run)")
+            if timeline:
+                rows = await self._read(lambda c: st.call_events(c, call_id))
+                if rows is None:
+                    raise NotFound(f"no call with id {call_id!r}")
+                body = _json.encode({"callId": call_id, "events": rows})
+            else:
+                found = st.get_view(self.reader, call_id)
+                if found is None:
+                    raise NotFound(f"no call with id {call_id!r}")
+                body = found
+        except TrackerError as err:
+            await send_error(send, err)
+            return
+        await send_bytes(send, 200, body)
+
+    async def list_calls(self, request: Request) -> Response:
+        params = _query(request)
+        _only(params, {*st.FILTER_COLUMNS, "since", "until", "limit", "cursor"})
+        filters = {k: v for k, v in params.items() if k in st.FILTER_COLUMNS}
+        if "status" in filters and filters["status"] not in STATUSES:
+            raise BadParameter(f"status must be one of {', '.join(sorted(STATUSES))}")
+        if "outcome" in filters and filters["outcome"] not in OUTCOMES:
+            raise BadParameter(f"outcome must be one of {', '.join(OUTCOMES)}")
+        since, until = _time_param(params, "since"), _time_param(params, "until")
+        limit = _int_param(params, "limit", 100, 1, 1000)
+        before = None
+        if "cursor" in params:
+            before = _int_param(params, "cursor", 0, 1, MAX_SEQ)
+        views, nxt = await self._read(
+            lambda c: st.list_calls(
+                c, filters, since=since, until=until, limit=limit, before_seq=before
+            )
+        )
+        tail = b"null" if nxt is None else b'"%d"' % nxt
+        return Response(
+            b'{"calls":[' + b",".join(views) + b'],"next":' + tail + b"}",
+            200,
+            media_type="application/json",
+        )
+
+    async def stats(self, request: Request) -> Response:
+        params = _query(request)
+        _only(params, {"since", "until"})
+        since, until = _time_param(params, "since"), _time_param(params, "until")
+        out = await self._read(lambda c: st.stats(c, since=since, until=until))
+        return Response(_json.encode(out), media_type="application/json")
+
+    async def events(self, request: Request) -> Response:
+        params = _query(request)
+        _only(params, {"after", "limit"})
+        after = _int_param(params, "after", 0, 0, MAX_SEQ)
+        limit = _int_param(params, "limit", 100, 1, 1000)
+        rows = await self._read(lambda c: st.events_after(c, after, limit))
+        nxt = rows[-1].seq if len(rows) == limit else None
+        return Response(_json.encode({"events": rows, "next": nxt}), media_type="application/json")
+
+    async def stream(self, request: Request) -> Response:
+        params = _query(request)
+        _only(params, {"after"})
+        after = _int_param(params, "after", 0, 0, MAX_SEQ)
+        last_id = request.headers.get("last-event-id")
+        if last_id is not None:
+            try:
+                after = max(0, int(last_id))
+            except ValueError:
+                raise BadParameter("Last-Event-ID must be an integer seq") from None
+        if self._changed is None:
+            raise StorageUnavailable("the service is not started (lifespan not run)")
+        return StreamingResponse(
+            self._sse(after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _sse(self, after: int) -> AsyncIterator[bytes]:
+        last = after
+        self.sse_clients += 1
+        try:
+            yield b"retry: 1000\n\n"
+            while not self._closing:
+                changed = self._changed
+                rows = await self._read(lambda c, after=last: st.events_after(c, after, 500))
+                if rows:
+                    parts = []
+                    for row in rows:
+                        parts.append(
+                            b"id: %d\nevent: callback\ndata: %s\n\n" % (row.seq, _json.encode(row))
+                        )
+                        last = row.seq
+                    yield b"".join(parts)
+                    continue
+                if changed is None:
+                    return
+                try:
+                    await asyncio.wait_for(changed.wait(), 15.0)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+        finally:
+            self.sse_clients -= 1
+
+    async def rejects(self, request: Request) -> Response:
+        params = _query(request)
+        _only(params, {"after", "limit"})
+        after = _int_param(params, "after", 0, 0, MAX_SEQ)
+        limit = _int_param(params, "limit", 100, 1, 1000)
+        rows, nxt = await self._read(lambda c: st.list_rejects(c, after, limit))
+        return Response(_json.encode({"rejects": rows, "next": nxt}), media_type="application/json")
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(self, request: Request) -> Response:
+        writer = self.writer
+        if writer is None:
+            raise StorageUnavailable("the service is not started (lifespan not run)")
+        ok, detail = await run_in_threadpool(self._writable)
+        if not ok:
+            raise StorageUnavailable(detail)
+        return Response(
+            _json.encode({"status": "ready", "lastSeq": writer.last_seq}),
+            media_type="application/json",
+        )
+
+    def _writable(self) -> tuple[bool, str]:
+        """Storage is writable: the file opens read-write and a write lock can be taken."""
+        writer = self.writer
+        if writer is not None and not writer.healthy and writer.last_error:
+            pass  # re-probe below: the fault may be gone
+        try:
+            conn = self._read_conn()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            from tracker.writer import describe_storage_error
+
+            return False, describe_storage_error(err)
+        return True, ""
+
+    async def metrics_route(self, request: Request) -> Response:
+        last = self.writer.last_seq if self.writer is not None else 0
+        return Response(
+            self.metrics.render(last, self.sse_clients),
+            media_type="text/plain; version=0.0.4",
+        )
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(self._openapi, media_type="application/json")
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    async def _handle_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TrackerError)
+        return error_response(exc)
+
+    async def _handle_http(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route {request.url.path}"))
+        if exc.status_code == 405:
+            return error_response(
+                MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            )
+        return Response(
+            _json.encode({"error": "http_error", "detail": str(exc.detail)}),
+            exc.status_code,
+            media_type="application/json",
+        )
+
+    async def _handle_crash(self, request: Request, exc: Exception) -> Response:
+        return Response(
+            _json.encode(
+                {"error": "internal", "detail": f"unexpected error: {type(exc).__name__}"}
+            ),
+            500,
+            media_type="application/json",
+        )
+
+
+def create_app(settings: Settings | None = None) -> TrackerApp:
+    """The tracker as an ASGI application (run its lifespan, or use ``app.lifespan`` when mounted)."""
+    return TrackerApp(settings or Settings())

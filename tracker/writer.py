@@ -1,0 +1,181 @@
+"""Group commit: one thread owns the write connection; requests queue, batches commit together.
+
+The event loop never touches SQLite for writes. A request puts its entries on the queue and awaits
+a future; the writer thread takes everything queued at that moment (up to ``max_events``), writes
+it in one transaction (append + projection + quarantine), commits, and resolves every future of the
+batch with one hop back to the loop. There is no timer: a batch is whatever arrived while the
+previous one was committing, so no request waits for a batch to fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracker.errors import StorageUnavailable
+from tracker.store import Appended, Entry, Reject, Store
+
+
+@dataclass(slots=True)
+class _Job:
+    entries: Sequence[Entry]
+    rejects: Sequence[Reject]
+    future: asyncio.Future[list[Appended]]
+    loop: asyncio.AbstractEventLoop = field(repr=False)
+
+
+_STOP = object()
+
+
+def describe_storage_error(err: sqlite3.Error) -> str:
+    text = str(err)
+    low = text.lower()
+    if "full" in low:
+        why = "the disk is full"
+    elif "readonly" in low or "read-only" in low:
+        why = "the database file is read-only"
+    elif "locked" in low or "busy" in low:
+        why = "the database is locked by another process"
+    else:
+        why = "the database cannot be written"
+    return f"storage cannot commit ({why}: {text}); nothing was stored, retry later"
+
+
+class Writer:
+    """The single writer. ``start`` in the app's lifespan, ``stop`` drains and closes."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_events: int = 2000,
+        on_commit: Callable[[int, list[tuple[Sequence[Entry], list[Appended]]], float], None]
+        | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.max_events = max_events
+        self.on_commit = on_commit
+        self.on_error = on_error
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.last_seq = store.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        self.healthy = True
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tracker-writer", daemon=True)
+        self._thread.start()
+
+    async def submit(
+        self, entries: Sequence[Entry], rejects: Sequence[Reject] = ()
+    ) -> list[Appended]:
+        """Append ``entries`` (and quarantine ``rejects``); returns after the commit."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Appended]] = loop.create_future()
+        self._queue.put(_Job(entries, rejects, fut, loop))
+        return await fut
+
+    def stop(self) -> None:
+        """Commit what is queued, then stop the thread and close the store (checkpoints WAL)."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        self.store.close()
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        q = self._queue
+        stopping = False
+        while not stopping:
+            item = q.get()
+            if item is _STOP:
+                break
+            jobs: list[_Job] = [item]
+            n = len(item.entries) + len(item.rejects)
+            while n < self.max_events:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                jobs.append(nxt)
+                n += len(nxt.entries) + len(nxt.rejects)
+            self._commit(jobs)
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        groups = [j.entries for j in jobs]
+        rejects = [r for j in jobs for r in j.rejects]
+        t0 = time.perf_counter()
+        try:
+            results = self.store.write_batch(groups, rejects)
+        except sqlite3.Error as err:
+            detail = describe_storage_error(err)
+            self.healthy = False
+            self.last_error = detail
+            try:  # a read-only or broken handle does not heal by itself: reopen for next time
+                self.store.reopen()
+            except Exception:
+                pass
+            self._resolve(jobs, None, StorageUnavailable(detail), 0.0)
+            return
+        except Exception as err:  # never leave a request hanging
+            self._resolve(jobs, None, StorageUnavailable(f"storage failed: {err!r}"), 0.0)
+            return
+        self.healthy = True
+        self.last_error = None
+        elapsed = time.perf_counter() - t0
+        for res in results:
+            for a in res:
+                if not a.duplicate and a.seq > self.last_seq:
+                    self.last_seq = a.seq
+        self._resolve(jobs, results, None, elapsed)
+
+    def _resolve(
+        self,
+        jobs: list[_Job],
+        results: list[list[Appended]] | None,
+        error: Exception | None,
+        elapsed: float,
+    ) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, list[Appended] | None]]] = {}
+        for i, job in enumerate(jobs):
+            by_loop.setdefault(job.loop, []).append((job, None if results is None else results[i]))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(self._deliver, items, error, elapsed)
+            except RuntimeError:  # loop closed: nobody is waiting any more
+                pass
+
+    def _deliver(
+        self,
+        items: list[tuple[_Job, list[Appended] | None]],
+        error: Exception | None,
+        elapsed: float,
+    ) -> None:
+        for job, res in items:
+            if job.future.done():
+                continue
+            if error is not None or res is None:
+                job.future.set_exception(error or StorageUnavailable("storage failed"))
+            else:
+                job.future.set_result(res)
+        if error is not None:
+            if self.on_error:
+                self.on_error()
+        elif self.on_commit is not None:
+            self.on_commit(
+                self.last_seq,
+                [(job.entries, res) for job, res in items if res is not None],
+                elapsed,
+            )
