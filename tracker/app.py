@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
 
@@ -102,17 +104,34 @@ async def send_error(send: Send, err: TrackerError, close: bool = False) -> None
 
 
 def route_path(scope: Scope) -> str:
+    """The path below ``root_path``. Servers (uvicorn ``--root-path``) and Starlette 1.x ``Mount``
+    keep the full path in ``path`` and put the prefix in ``root_path``; a ``path`` that does not
+    start with it (older servers strip it) is taken as it is."""
     path: str = scope["path"]
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
         return path[len(root) :] or "/"
     return path
 
 
 def raw_route_path(scope: Scope) -> bytes:
+    """:func:`route_path` on ``raw_path`` (still percent-encoded). ``root_path`` is decoded, so a
+    prefix written with escapes (``/my%20app``) is found by decoding the raw path segment-wise."""
     raw: bytes = scope.get("raw_path") or scope["path"].encode()
-    root = scope.get("root_path", "").encode()
-    return raw[len(root) :] if root and raw.startswith(root) else raw
+    root: str = scope.get("root_path", "")
+    if not root:
+        return raw
+    prefix = root.encode()
+    if raw.startswith(prefix) and (len(raw) == len(prefix) or raw[len(prefix)] == 0x2F):
+        return raw[len(prefix) :] or b"/"
+    end = 0
+    while end < len(raw):
+        end = raw.find(b"/", end + 1)
+        if end < 0:
+            end = len(raw)
+        if unquote_to_bytes(raw[:end]).decode("utf-8", "replace") == root:
+            return raw[end:] or b"/"
+    return raw
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,6 +162,16 @@ def _fields(raw: bytes, what: str) -> dict[str, str]:
 
 def parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entry], bool]:
     """Entries for a body; ``True`` when it was a JSON array (a batch). Raises TrackerError."""
+    try:
+        return _parse_entries(body, kind, max_batch)
+    except RecursionError:  # msgspec's depth guard: JSON nested ~1000 levels deep
+        raise InvalidJson(
+            "the body is not valid JSON: it is nested too deeply (arrays or objects "
+            "hundreds of levels deep); send a flatter event"
+        ) from None
+
+
+def _parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entry], bool]:
     now = st.now_ms()
     if kind != "json":
         fields = _fields(body, "query string" if kind == "query" else "form body")
@@ -165,7 +194,7 @@ def parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entry
         for i, raw in enumerate(raws):
             element = bytes(raw)
             try:
-                decoded = decode_object(parse_json(element))
+                decoded = decode_object(parse_json(element), raw=element)
             except InvalidEvent as err:
                 raise EventRejected(f"element {i}: {err}") from None
             entries.append(st.make_entry(decoded, element, "json", now))
@@ -177,7 +206,7 @@ def parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entry
             raise InvalidJson("the body is empty: send one JSON event or an array") from None
         raise InvalidJson(f"the body is not valid JSON: {err}") from None
     try:
-        decoded = decode_object(obj)
+        decoded = decode_object(obj, raw=body)
     except InvalidEvent as err:
         raise EventRejected(str(err)) from None
     return [st.make_entry(decoded, body, "json", now)], False
@@ -198,10 +227,11 @@ def _int_param(params: Mapping[str, str], name: str, default: int, lo: int, hi: 
     raw = params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadParameter(f"{name} must be an integer, got {raw!r}") from None
+    digits = raw[1:] if raw.startswith("-") else raw
+    # ASCII digits only: int() would also take "1_0", " 7 " and non-ASCII digits (fullwidth ones)
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 20):
+        raise BadParameter(f"{name} must be an integer, got {raw!r}")
+    value = int(raw)
     if not lo <= value <= hi:
         raise BadParameter(f"{name} must be between {lo} and {hi}, got {value}")
     return value
@@ -333,7 +363,27 @@ class TrackerApp:
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
-        """Use as (or inside) the parent's lifespan when mounting this app in another one."""
+        """Open the storage, start the writer (and the forwarder); on exit drain and close.
+
+        Served on its own (``tracker serve``, ``uvicorn``) the app runs this itself. Mounted in
+        another Starlette application it does not: Starlette runs only the outer app's lifespan,
+        so hand this one to the parent, alone or together with the parent's own::
+
+            tracker_app = create_app(settings)
+            app = Starlette(
+                routes=[Mount("/tracker", app=tracker_app)],
+                lifespan=lambda app: tracker_app.lifespan(app),
+            )
+
+            @asynccontextmanager
+            async def lifespan(app):  # the parent has a lifespan of its own
+                async with AsyncExitStack() as stack:
+                    await stack.enter_async_context(tracker_app.lifespan(app))
+                    await stack.enter_async_context(my_lifespan(app))
+                    yield
+
+        Without it the tracker's routes answer ``503 unavailable`` (never a crash, never a 2xx).
+        """
         self.open()
         try:
             yield
@@ -485,7 +535,14 @@ class TrackerApp:
                     self.metrics.rejects[err.code] += 1
                 except StorageUnavailable as unavailable:
                     err = unavailable  # the body could not be kept: the sender must retry
-            if self.forwarder is not None and not isinstance(err, StorageUnavailable):
+            # A refused body is still the application's to answer, but only a whole one: a
+            # body cut short (408, 413 over the size limit), a wrong method or a storage
+            # failure is answered here.
+            if (
+                self.forwarder is not None
+                and err.status in QUARANTINED
+                and getattr(err, "partial", None) is None
+            ):
                 await self.forwarder.relay(scope, body, None, send, path)
                 return
             await send_error(send, err, close=err.status in (408, 413))
@@ -507,19 +564,12 @@ class TrackerApp:
                 err = TooLarge(
                     f"the body is {declared} bytes; the limit is {limit} (max_body_bytes)"
                 )
-                err.partial = b""
+                err.partial = await self._head(receive)  # the quarantine keeps the body's head
                 raise err
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            if len(body) > limit:
-                self._too_large(body, limit)
-            return body
-        chunks = [body]
-        size = len(body)
+        chunks: list[bytes] = []
+        size = 0
         try:
+            # the first receive too: a client that sends headers and then nothing is timed out
             async with asyncio.timeout(self.body_timeout):
                 while True:
                     message = await receive()
@@ -539,6 +589,26 @@ class TrackerApp:
             late.partial = b"".join(chunks)
             raise late from None
         return b"".join(chunks)
+
+    async def _head(self, receive: Receive) -> bytes:
+        """The first ``quarantine_max_bytes`` of a body refused unread (declared too large)."""
+        cap = self.settings.ingest.quarantine_max_bytes
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(min(self.body_timeout, 5.0)):
+                while size < cap:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                    chunk = message.get("body", b"")
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            pass
+        return b"".join(chunks)[:cap]
 
     def _too_large(self, seen: bytes, limit: int) -> None:
         err = TooLarge(f"the body exceeds {limit} bytes (max_body_bytes)")
@@ -645,13 +715,14 @@ class TrackerApp:
             yield b"retry: 1000\n\n"
             while not self._closing:
                 changed = self._changed
-                rows = await self._read(lambda c, after=last: st.events_after(c, after, 500))
+                rows = await self._read(partial(st.events_after, after=last, limit=500))
                 if rows:
                     parts = []
                     for row in rows:
-                        parts.append(
-                            b"id: %d\nevent: callback\ndata: %s\n\n" % (row.seq, _json.encode(row))
-                        )
+                        data = _json.encode(row)
+                        if b"\n" in data or b"\r" in data:  # a pretty-printed body: one line
+                            data = msgspec.json.format(data, indent=-1)
+                        parts.append(b"id: %d\nevent: callback\ndata: %s\n\n" % (row.seq, data))
                         last = row.seq
                     yield b"".join(parts)
                     continue
@@ -690,15 +761,24 @@ class TrackerApp:
     def _writable(self) -> tuple[bool, str]:
         """Storage is writable: the file opens read-write and a write lock can be taken."""
         writer = self.writer
-        if writer is not None and not writer.healthy and writer.last_error:
-            pass  # re-probe below: the fault may be gone
+        conn = None
         try:
             conn = self._read_conn()
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
+            if writer is not None and not writer.healthy:
+                # The last commit failed. Taking the lock writes nothing, so it passes on a full
+                # disk: only a real (one-page) write shows whether the fault is gone.
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                conn.execute(f"PRAGMA user_version = {version}")
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
         except sqlite3.Error as err:
             from tracker.writer import describe_storage_error
 
+            if conn is not None and conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             return False, describe_storage_error(err)
         return True, ""
 
@@ -743,5 +823,5 @@ class TrackerApp:
 
 
 def create_app(settings: Settings | None = None) -> TrackerApp:
-    """The tracker as an ASGI application (run its lifespan, or use ``app.lifespan`` when mounted)."""
+    """The tracker as an ASGI app (its lifespan opens storage; see ``TrackerApp.lifespan``)."""
     return TrackerApp(settings or Settings())

@@ -68,7 +68,15 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "query": Query,
     "forward": Forward,
 }
-NOT_SETTINGS = {"TRACKER_CONFIG"}  # the config file's path, not a key
+NOT_SETTINGS = {"TRACKER_CONFIG"}
+LOG_LEVELS = (
+    "critical",
+    "error",
+    "warning",
+    "info",
+    "debug",
+    "trace",
+)  # the config file's path, not a key
 
 
 def _validate(s: Settings) -> Settings:
@@ -93,6 +101,10 @@ def _validate(s: Settings) -> Settings:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if s.server.log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"server.log_level must be one of {', '.join(LOG_LEVELS)}, got {s.server.log_level!r}"
+        )
     if not 0 <= s.server.port <= 65535:
         raise ConfigError(f"server.port must be 0-65535, got {s.server.port}")
     if bool(s.ingest.username) != bool(s.ingest.password):
@@ -158,6 +170,8 @@ def load_settings(
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {path}: {err}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
         try:

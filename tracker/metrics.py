@@ -101,7 +101,7 @@ class Metrics:
             "# HELP tracker_ingest_seconds Time from request start to answer on /callbacks.",
             "# TYPE tracker_ingest_seconds histogram",
             *self.ingest_seconds.render("tracker_ingest_seconds"),
-            "# HELP tracker_forward_seconds Time the application took to answer forwarded callbacks.",
+            "# HELP tracker_forward_seconds Time the application took to answer.",
             "# TYPE tracker_forward_seconds histogram",
             *self.forward_seconds.render("tracker_forward_seconds"),
         ]

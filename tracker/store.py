@@ -18,8 +18,10 @@ import contextlib
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,7 +30,16 @@ from sqlite_utils import Database
 
 from tracker.errors import StorageUnavailable
 from tracker.events import Decoded
-from tracker.state import CallState, CallView, Fact, evolve, fact_of, initial_state, unit, view
+from tracker.state import (
+    CallState,
+    CallView,
+    Fact,
+    evolve,
+    fact_of,
+    fold_distinct,
+    initial_state,
+    view,
+)
 
 SCHEMA_VERSION: Final = 1
 
@@ -150,15 +161,25 @@ def _calls_columns() -> dict[str, Any]:
     }
 
 
-def create_calls_table(db: Database, name: str, suffix: str) -> None:
+def create_calls_table(db: Database, name: str, suffix: str, *, indexes: bool = True) -> None:
     """The projection table and its indexes (``suffix`` keeps index names unique across swaps)."""
     db.table(name).create(_calls_columns(), pk="call_key", not_null=["call_id"])
+    if indexes:
+        create_calls_indexes(db, name, suffix)
+
+
+def create_calls_indexes(db: Database, name: str, suffix: str) -> None:
     t = db.table(name)
     t.create_index(["call_id"], index_name=f"calls_id_{suffix}", unique=True)
     t.create_index(["last_seq"], index_name=f"calls_seq_{suffix}")
     t.create_index(["first_event_at"], index_name=f"calls_first_{suffix}")
-    for column in FILTER_COLUMNS.values():
+    # Low-cardinality filters match huge sets: (column, last_seq) serves a page without a sort.
+    # Numbers and tags match few calls: a plain index is enough, and it is not rewritten on
+    # every event (SQLite only touches indexes whose columns change; last_seq always does).
+    for column in ("status", "outcome", "cause", "direction"):
         t.create_index([column, "last_seq"], index_name=f"calls_{column}_{suffix}")
+    for column in ("from_number", "to_number", "tag"):
+        t.create_index([column], index_name=f"calls_{column}_{suffix}")
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -174,6 +195,8 @@ def migrate(conn: sqlite3.Connection) -> None:
     db = Database(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # another connection may have migrated while we waited for the write lock
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version < 1:
             db.table("events").create(
                 {
@@ -280,7 +303,11 @@ class Store:
         self.busy_ms = busy_ms
         self.quarantine_max_bytes = quarantine_max_bytes
         self.conn = connect(self.path, synchronous=synchronous, busy_ms=busy_ms)
-        migrate(self.conn)
+        try:
+            migrate(self.conn)
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -420,30 +447,42 @@ class Store:
 # Replay
 
 
-def _iter_calls(
-    conn: sqlite3.Connection, after_key: int = 0, max_seq: int | None = None
-) -> Iterator[tuple[int, CallState]]:
-    """Fold the log call by call, streaming (bounded memory)."""
-    sql = "SELECT call_key, seq, call_id, fact FROM events WHERE call_key > ?"
-    args: list[Any] = [after_key]
-    if max_seq is not None:
-        sql += " AND seq <= ?"
-        args.append(max_seq)
-    sql += " ORDER BY call_key, seq"
+_CALL_ROWS = "call_key, seq, call_id, fact"
+
+
+def _fold_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[int, CallState]]:
+    """Fold rows ``(call_key, seq, call_id, fact)`` ordered by call_key: one state per call."""
     decode = _fact_dec.decode
-    current_key = -1
-    state: CallState | None = None
-    for call_key, seq, call_id, blob in conn.execute(sql, args):
-        if call_key != current_key:
-            if state is not None:
-                yield current_key, state
-            current_key = call_key
-            state = unit(decode(blob), call_id, seq)
-        else:
-            assert state is not None
-            state = evolve(state, decode(blob), seq)
-    if state is not None:
-        yield current_key, state
+    for call_key, group in groupby(rows, key=itemgetter(0)):
+        first = next(group)
+        rest = ((decode(r[3]), r[1]) for r in group)  # noqa: B031 (consumed before the next group)
+        yield call_key, fold_distinct(chain([(decode(first[3]), first[1])], rest), first[2])
+
+
+def _iter_calls(conn: sqlite3.Connection, max_seq: int) -> Iterator[tuple[int, CallState]]:
+    """Fold the log call by call, streaming in ``call_key`` order (bounded memory)."""
+    rows = conn.execute(
+        f"SELECT {_CALL_ROWS} FROM events WHERE call_key IS NOT NULL AND seq <= ?"
+        " ORDER BY call_key, seq",
+        (max_seq,),
+    )
+    return _fold_rows(rows)
+
+
+def fold_call(conn: sqlite3.Connection, call_key: int) -> CallState | None:
+    """One call's state, folded from the log."""
+    rows = conn.execute(
+        f"SELECT {_CALL_ROWS} FROM events WHERE call_key = ? ORDER BY seq", (call_key,)
+    )
+    for _, state in _fold_rows(rows):
+        return state
+    return None
+
+
+_INSERT_COLUMNS = (
+    "call_key, call_id, status, outcome, cause, direction, from_number, to_number, tag,"
+    " first_event_at, last_seq, state, view"
+)
 
 
 def replay(
@@ -452,90 +491,116 @@ def replay(
     check: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
-    conn = store.conn
     outcomes = store.outcomes
-    total = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
-    drift: list[tuple[str, dict[str, tuple[Any, Any]]]] = []
     reader = connect(store.path, busy_ms=store.busy_ms)
     try:
         reader.execute("BEGIN")  # one snapshot for the whole pass
-        max_seq = reader.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        total = reader.execute("SELECT count(*) FROM calls").fetchone()[0]
+        max_seq = reader.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         if check:
-            seen: set[int] = set()
-            for n, (call_key, state) in enumerate(_iter_calls(reader, max_seq=max_seq), 1):
-                seen.add(call_key)
-                got = reader.execute(
-                    "SELECT view FROM calls WHERE call_key = ?", (call_key,)
-                ).fetchone()
-                want = msgspec.json.decode(_json_enc.encode(view(state, outcomes)))
-                have = msgspec.json.decode(got[0]) if got else None
-                if have != want:
-                    drift.append((state.call_id, _diff(have, want)))
-                if progress and n % 10000 == 0:
-                    progress(n, total)
-            for call_key, call_id in reader.execute("SELECT call_key, call_id FROM calls"):
-                if call_key not in seen:
-                    drift.append((call_id, {"*": ("present", "absent from the log")}))
+            drift = _check(reader, max_seq, outcomes, total, progress)
             reader.execute("COMMIT")
             return drift
-        name = f"calls_rebuild_{int(time.time() * 1000)}"
-        db = Database(conn)
-        existing = {
-            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
-        }
-        suffix = "b" if "calls_id_a" in existing else "a"
-        conn.execute("BEGIN IMMEDIATE")
-        create_calls_table(db, name, suffix)
-        conn.execute("COMMIT")
-        try:
-            insert = f"INSERT INTO {name} (call_key, call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at, last_seq, state, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            conn.execute("BEGIN IMMEDIATE")
-            n = 0
-            for n, (call_key, state) in enumerate(_iter_calls(reader, max_seq=max_seq), 1):
-                conn.execute(insert, (call_key, *_row_of(state, outcomes)))
-                if n % 5000 == 0:
-                    conn.execute("COMMIT")
-                    if progress:
-                        progress(n, total)
-                    conn.execute("BEGIN IMMEDIATE")
-            conn.execute("COMMIT")
-            reader.execute("COMMIT")
-            # Catch up under the write lock with what arrived meanwhile, then swap.
-            conn.execute("BEGIN IMMEDIATE")
-            late = conn.execute(
-                "SELECT DISTINCT call_key FROM events WHERE seq > ? AND call_key IS NOT NULL",
-                (max_seq,),
-            ).fetchall()
-            for (call_key,) in late:
-                states = list(_iter_calls_one(conn, call_key))
-                for ck, state in states:
-                    conn.execute(f"DELETE FROM {name} WHERE call_key = ?", (ck,))
-                    conn.execute(insert, (ck, *_row_of(state, outcomes)))
-            conn.execute("DROP TABLE calls")
-            conn.execute(f"ALTER TABLE {name} RENAME TO calls")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.execute(f"DROP TABLE IF EXISTS {name}")
-            raise
-        if progress:
-            progress(n, total)
-        return drift
+        _rebuild(store, reader, max_seq, total, progress)
+        return []
     finally:
         reader.close()
 
 
-def _iter_calls_one(conn: sqlite3.Connection, call_key: int) -> Iterator[tuple[int, CallState]]:
-    decode = _fact_dec.decode
-    state: CallState | None = None
-    for seq, call_id, blob in conn.execute(
-        "SELECT seq, call_id, fact FROM events WHERE call_key = ? ORDER BY seq", (call_key,)
-    ):
-        fact = decode(blob)
-        state = unit(fact, call_id, seq) if state is None else evolve(state, fact, seq)
-    if state is not None:
-        yield call_key, state
+def _check(
+    reader: sqlite3.Connection,
+    max_seq: int,
+    outcomes: Mapping[str, str],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
+    drift: list[tuple[str, dict[str, tuple[Any, Any]]]] = []
+    seen: set[int] = set()
+    lookup = "SELECT view FROM calls WHERE call_key = ?"
+    for n, (call_key, state) in enumerate(_iter_calls(reader, max_seq), 1):
+        seen.add(call_key)
+        got = reader.execute(lookup, (call_key,)).fetchone()
+        want = msgspec.json.decode(_json_enc.encode(view(state, outcomes)))
+        have = msgspec.json.decode(got[0]) if got else None
+        if have != want:
+            drift.append((state.call_id, _diff(have, want)))
+        if progress and n % 10000 == 0:
+            progress(n, total)
+    for call_key, call_id in reader.execute("SELECT call_key, call_id FROM calls"):
+        if call_key not in seen:
+            drift.append((call_id, {"*": ("present", "absent from the log")}))
+    return drift
+
+
+def _rebuild(
+    store: Store,
+    reader: sqlite3.Connection,
+    max_seq: int,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Fold into a new table (indexes built after the bulk load), catch up, swap atomically."""
+    conn = store.conn
+    outcomes = store.outcomes
+    db = Database(conn)
+    # a rebuild table left by a replay that was killed would hold the index names we need
+    for (stale,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'calls_rebuild_*'"
+    ).fetchall():
+        conn.execute(f'DROP TABLE IF EXISTS "{stale}"')
+    existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    suffix = "b" if "calls_id_a" in existing else "a"
+    name = f"calls_rebuild_{int(time.time() * 1000)}"
+    insert = (
+        f"INSERT INTO {name} ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        create_calls_table(db, name, suffix, indexes=False)
+        conn.execute("COMMIT")
+        n = 0
+        chunk: list[tuple[Any, ...]] = []
+        for n, (call_key, state) in enumerate(_iter_calls(reader, max_seq), 1):
+            chunk.append((call_key, *_row_of(state, outcomes)))
+            if len(chunk) >= 5000:
+                _insert_chunk(conn, insert, chunk)
+                if progress:
+                    progress(n, total)
+        _insert_chunk(conn, insert, chunk)
+        reader.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        create_calls_indexes(db, name, suffix)
+        conn.execute("COMMIT")
+        # Catch up under the write lock with what arrived meanwhile, then swap.
+        conn.execute("BEGIN IMMEDIATE")
+        late = conn.execute(
+            "SELECT DISTINCT call_key FROM events WHERE seq > ? AND call_key IS NOT NULL",
+            (max_seq,),
+        ).fetchall()
+        for (call_key,) in late:
+            latest = fold_call(conn, call_key)
+            if latest is not None:
+                conn.execute(f"DELETE FROM {name} WHERE call_key = ?", (call_key,))
+                conn.execute(insert, (call_key, *_row_of(latest, outcomes)))
+        conn.execute("DROP TABLE calls")
+        conn.execute(f"ALTER TABLE {name} RENAME TO calls")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        raise
+    if progress:
+        progress(n, total)
+
+
+def _insert_chunk(conn: sqlite3.Connection, insert: str, chunk: list[tuple[Any, ...]]) -> None:
+    if not chunk:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(insert, chunk)
+    conn.execute("COMMIT")
+    chunk.clear()
 
 
 def _diff(have: Any, want: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -584,7 +649,7 @@ def form_fields(body: bytes) -> dict[str, str]:
     """A form-encoded or query-string body as string fields (the last of repeated keys wins)."""
     from urllib.parse import parse_qsl
 
-    return dict(parse_qsl(body.decode("utf-8", "surrogateescape"), keep_blank_values=True))
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 _EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body"

@@ -10,6 +10,7 @@ previous one was committing, so no request waits for a batch to fill.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -42,6 +43,8 @@ def describe_storage_error(err: sqlite3.Error) -> str:
         why = "the database file is read-only"
     elif "locked" in low or "busy" in low:
         why = "the database is locked by another process"
+    elif "i/o error" in low:  # EFBIG (a file-size limit) and EIO land here, not as "full"
+        why = "a write to the disk failed (the disk or a file-size limit may be full)"
     else:
         why = "the database cannot be written"
     return f"storage cannot commit ({why}: {text}); nothing was stored, retry later"
@@ -123,10 +126,9 @@ class Writer:
             detail = describe_storage_error(err)
             self.healthy = False
             self.last_error = detail
-            try:  # a read-only or broken handle does not heal by itself: reopen for next time
+            # a read-only or broken handle does not heal by itself: reopen for next time
+            with contextlib.suppress(Exception):
                 self.store.reopen()
-            except Exception:
-                pass
             self._resolve(jobs, None, StorageUnavailable(detail), 0.0)
             return
         except Exception as err:  # never leave a request hanging
@@ -152,10 +154,8 @@ class Writer:
         for i, job in enumerate(jobs):
             by_loop.setdefault(job.loop, []).append((job, None if results is None else results[i]))
         for loop, items in by_loop.items():
-            try:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
                 loop.call_soon_threadsafe(self._deliver, items, error, elapsed)
-            except RuntimeError:  # loop closed: nobody is waiting any more
-                pass
 
     def _deliver(
         self,

@@ -1,0 +1,42 @@
+"""Shared fixtures. Each group sits under its own header; add new groups below the last one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tracker.events import decode_object
+from tracker.state import Fact, fact_of
+from tracker.store import Store
+
+# --------------------------------------------------------------------------------------------
+# Core (events, state, store)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A fresh SQLite file path (not yet created) in the test's temporary directory."""
+    return tmp_path / "tracker.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    """A :class:`Store` on ``db_path``, closed after the test."""
+    s = Store(db_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def fact() -> Callable[..., Fact]:
+    """``fact(payload_dict, seq=None)``: decode a callback payload and reduce it to a Fact."""
+
+    def make(obj: dict[str, Any], seq: int | None = None) -> Fact:
+        return fact_of(decode_object(obj), seq)
+
+    return make

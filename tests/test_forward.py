@@ -1,0 +1,516 @@
+"""Record-and-forward: a real ``tracker serve`` in front of a real application on loopback.
+
+The application is a small Starlette app served by uvicorn in a thread of the test process; it
+records every request it receives and answers according to the path it is called on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.server import Server, running, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BXML = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<Response>\n"
+    b'  <SpeakSentence voice="julie">Thank you for calling, caf\xc3\xa9 &amp; co.</SpeakSentence>\n'
+    b'  <Gather gatherUrl="/gather" maxDigits="1" />\n'
+    b"</Response>\n"
+)
+BIG = bytes(range(256)) * 8192  # 2 MiB, streamed back in chunks
+
+
+# --------------------------------------------------------------------------------------------
+# The application behind the tracker
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    raw_path: bytes
+    query: bytes
+    headers: dict[str, str]
+    body: bytes
+
+
+class Upstream:
+    """The application: answers by path, remembers every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.lock = threading.Lock()
+        self.url = ""
+        self.app = Starlette(
+            routes=[Route("/{path:path}", self.handle, methods=["GET", "POST", "PUT"])]
+        )
+
+    def seen(self, marker: str) -> list[Seen]:
+        """The requests whose body or query string mention ``marker`` (a unique call id)."""
+        m = marker.encode()
+        with self.lock:
+            return [r for r in self.requests if m in r.body or m in r.query]
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        seen = Seen(
+            request.method,
+            request.url.path,
+            request.scope["raw_path"],
+            request.scope["query_string"],
+            {k.lower(): v for k, v in request.headers.items()},
+            body,
+        )
+        with self.lock:
+            self.requests.append(seen)
+        path = request.url.path
+        if path.endswith("/initiate"):
+            return Response(BXML, 200, media_type="application/xml")
+        if path.endswith("/disconnect"):
+            return Response(status_code=204)
+        if path.endswith("/slow"):
+            await asyncio.sleep(3.0)
+            return Response(b"too late", 200, media_type="text/plain")
+        if path.endswith("/echo"):
+            await asyncio.sleep(random.uniform(0, 0.05))  # answers finish out of order
+            call_id = json.loads(body)["callId"]
+            return JSONResponse(
+                {"callId": call_id, "seq": seen.headers.get("x-tracker-seq")},
+                headers={"X-Echo": call_id},
+            )
+        if path.endswith("/big"):
+
+            async def chunks() -> Any:
+                for i in range(0, len(BIG), 65536):
+                    yield BIG[i : i + 65536]
+
+            return StreamingResponse(chunks(), media_type="application/octet-stream")
+        if "/status/" in path:
+            status = int(path.rsplit("/", 1)[1])
+            content_type = request.query_params.get("type", "text/plain; charset=iso-8859-1")
+            return Response(
+                f"answer {status}".encode(),
+                status,
+                headers={"Content-Type": content_type, "X-App": "yes"},
+            )
+        return JSONResponse({"path": path, "method": request.method})
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    app = Upstream()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app.app,
+        log_level="critical",
+        lifespan="off",
+        ws="none",
+        loop="asyncio",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the upstream application did not start"
+        time.sleep(0.01)
+    app.url = f"http://127.0.0.1:{port}"
+    try:
+        yield app
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def forwarding_config(tmp: Path, url: str, name: str, **sections: dict[str, Any]) -> Path:
+    """A config file whose ``[forward] url`` is ``url`` (timeout 5 s unless given)."""
+    forward = {"url": url, "timeout_seconds": 5.0, **sections.pop("forward", {})}
+    return write_config(tmp / f"{name}.toml", {"forward": forward, **sections})
+
+
+@pytest.fixture(scope="module")
+def tracker(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A tracker forwarding to ``{upstream}/hooks``."""
+    tmp = tmp_path_factory.mktemp("forward")
+    config = forwarding_config(tmp, upstream.url + "/hooks", "main")
+    with running(tmp / "tracker.db", config=config) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def guarded(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A tracker with ingest basic auth and a small body limit, forwarding to ``{upstream}``."""
+    tmp = tmp_path_factory.mktemp("guarded")
+    config = forwarding_config(
+        tmp,
+        upstream.url,
+        "guarded",
+        ingest={"username": "bw", "password": "s3cret", "max_body_bytes": 4096},
+    )
+    with running(tmp / "tracker.db", config=config) as server:
+        yield server
+
+
+_serial = iter(range(1, 1_000_000))
+
+
+def call_id(prefix: str = "c") -> str:
+    return f"{prefix}-{next(_serial)}-{random.getrandbits(32):08x}"
+
+
+def initiate(cid: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "eventType": "initiate",
+        "eventTime": "2024-03-01T12:00:00.000Z",
+        "accountId": "9900000",
+        "applicationId": "04e88489-df02-4e34-a0ee-27a91849555f",
+        "from": "+15554443333",
+        "to": "+15553334444",
+        "direction": "inbound",
+        "callId": cid,
+        "callUrl": f"https://voice.bandwidth.com/api/v2/accounts/9900000/calls/{cid}",
+        "startTime": "2024-03-01T12:00:00.000Z",
+        **extra,
+    }
+
+
+def disconnect(cid: str) -> dict[str, Any]:
+    return {
+        **initiate(cid),
+        "eventType": "disconnect",
+        "eventTime": "2024-03-01T12:01:00.000Z",
+        "endTime": "2024-03-01T12:01:00.000Z",
+        "cause": "hangup",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Answers come back unchanged
+
+
+def test_the_bxml_answer_to_an_initiate_is_relayed_byte_for_byte(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    with tracker.client() as c:
+        r = c.post("/callbacks/voice/initiate", json=initiate(cid))
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/xml"
+        assert r.content == BXML
+        assert c.get(f"/calls/{cid}").json()["status"] == "started"
+    [seen] = upstream.seen(cid)
+    assert seen.method == "POST"
+    assert seen.path == "/hooks/voice/initiate"
+    assert seen.headers["content-type"] == "application/json"
+    assert json.loads(seen.body) == initiate(cid)
+
+
+def test_a_disconnect_gets_the_applications_204(tracker: Server, upstream: Upstream) -> None:
+    cid = call_id()
+    with tracker.client() as c:
+        r = c.post("/callbacks/voice/disconnect", json=disconnect(cid))
+        assert r.status_code == 204
+        assert r.content == b""
+        assert c.get(f"/calls/{cid}").json()["status"] == "ended"
+    assert len(upstream.seen(cid)) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type"),
+    [
+        (200, "text/plain; charset=iso-8859-1"),
+        (201, "application/vnd.example+json"),
+        (302, "text/html; charset=utf-8"),
+        (404, "text/plain"),
+        (500, "application/problem+json"),
+        (503, "text/plain; charset=utf-8"),
+    ],
+)
+def test_status_codes_content_types_and_headers_of_the_answer_are_preserved(
+    tracker: Server, upstream: Upstream, status: int, content_type: str
+) -> None:
+    cid = call_id()
+    with tracker.client() as c:
+        r = c.post(
+            f"/callbacks/status/{status}",
+            params={"type": content_type},
+            json=initiate(cid),
+        )
+    assert r.status_code == status
+    assert r.headers["content-type"] == content_type
+    assert r.headers["x-app"] == "yes"
+    assert r.content == f"answer {status}".encode()
+    assert r.headers.get_list("server") == ["uvicorn"]  # the tracker's own, not a second one
+
+
+def test_a_large_answer_is_streamed_back_whole(tracker: Server, upstream: Upstream) -> None:
+    with tracker.client() as c:
+        r = c.post("/callbacks/big", json=initiate(call_id()))
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.content == BIG
+
+
+# --------------------------------------------------------------------------------------------
+# What the application receives
+
+
+def test_the_application_sees_the_seq_and_duplicate_headers(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    with tracker.client() as c:
+        c.post("/callbacks/first", json=initiate(cid))
+        c.post("/callbacks/again", content=json.dumps(initiate(cid), indent=2))
+    first, again = upstream.seen(cid)
+    seq = first.headers["x-tracker-seq"]
+    assert int(seq) > 0
+    assert first.headers["x-tracker-duplicate"] == "false"
+    assert again.headers["x-tracker-seq"] == seq
+    assert again.headers["x-tracker-duplicate"] == "true"  # a duplicate is still forwarded
+
+
+def test_a_batch_is_forwarded_with_comma_separated_seqs_and_duplicates(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    with tracker.client() as c:
+        one = c.post("/callbacks/single", json=initiate(cid))
+        assert one.status_code == 200
+        batch = [initiate(cid), disconnect(cid)]
+        r = c.post("/callbacks/batch", json=batch)
+        assert r.status_code == 200
+    seen = upstream.seen(cid)[-1]
+    seqs = seen.headers["x-tracker-seq"].split(",")
+    assert seqs[0] == upstream.seen(cid)[0].headers["x-tracker-seq"]
+    assert int(seqs[1]) > int(seqs[0])
+    assert seen.headers["x-tracker-duplicate"] == "true,false"
+    assert json.loads(seen.body) == batch
+
+
+def test_method_path_and_query_string_are_forwarded_unchanged(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    query = f"eventType=answer&callId={quote(cid)}&time=2012-11-14T15%3A55%3A04Z&tag=a+b%2Fc"
+    with tracker.client() as c:
+        r = c.get(f"/callbacks/v1/answer%2Fx?{query}")
+        assert r.status_code == 200
+        assert c.get(f"/calls/{cid}").json()["tag"] == "a b/c"
+    [seen] = upstream.seen(cid)
+    assert seen.method == "GET"
+    assert seen.query == query.encode()
+    assert seen.body == b""
+    assert seen.raw_path == b"/hooks/v1/answer%2Fx"  # still percent-encoded
+    assert "x-tracker-seq" in seen.headers
+
+
+def test_a_form_body_is_forwarded_with_its_content_type(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    form = f"eventType=answer&callId={cid}&time=2012-11-14T15:55:04Z"
+    with tracker.client() as c:
+        r = c.post(
+            "/callbacks",
+            content=form,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 200
+    [seen] = upstream.seen(cid)
+    assert seen.path == "/hooks"
+    assert seen.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert seen.body == form.encode()
+
+
+def test_tracker_headers_sent_by_the_client_are_not_passed_on(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    with tracker.client() as c:
+        r = c.post(
+            "/callbacks",
+            content=b'{"callId": "%s", not json' % cid.encode(),
+            headers={"X-Tracker-Seq": "999", "Content-Type": "application/json"},
+        )
+    assert r.status_code == 200  # refused (400) by the tracker, answered by the application
+    [seen] = upstream.seen(cid)
+    assert "x-tracker-seq" not in seen.headers
+
+
+# --------------------------------------------------------------------------------------------
+# Authentication
+
+
+def test_the_tracker_challenges_itself_and_forwards_only_authenticated_callbacks(
+    guarded: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    with guarded.client() as c:
+        r = c.post("/callbacks/voice/initiate", json=initiate(cid))
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == 'Basic realm="tracker"'
+        assert upstream.seen(cid) == []
+        r = c.post("/callbacks/voice/initiate", json=initiate(cid), auth=("bw", "s3cret"))
+        assert r.status_code == 200
+        assert r.content == BXML
+    [seen] = upstream.seen(cid)
+    assert "authorization" not in seen.headers
+
+
+def test_authorization_is_passed_on_when_pass_authorization_is_set(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    config = forwarding_config(
+        tmp_path,
+        upstream.url,
+        "pass",
+        forward={"pass_authorization": True},
+        ingest={"username": "bw", "password": "s3cret"},
+    )
+    cid = call_id()
+    with running(tmp_path / "t.db", config=config) as server, server.client() as c:
+        r = c.post("/callbacks/voice/disconnect", json=disconnect(cid), auth=("bw", "s3cret"))
+        assert r.status_code == 204
+    [seen] = upstream.seen(cid)
+    assert seen.headers["authorization"] == httpx.BasicAuth("bw", "s3cret")._auth_header
+
+
+def test_an_oversized_body_is_answered_by_the_tracker_and_not_forwarded(
+    guarded: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    with guarded.client(auth=("bw", "s3cret")) as c:
+        r = c.post("/callbacks", json=initiate(cid, padding="x" * 5000))
+    assert r.status_code == 413
+    assert r.json()["error"] == "too_large"
+    assert upstream.seen(cid) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Failures
+
+
+def test_an_unreachable_application_gives_502_and_the_event_stays_recorded(
+    tmp_path: Path,
+) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    config = forwarding_config(tmp_path, f"http://127.0.0.1:{port}/app", "down")
+    cid = call_id()
+    with running(tmp_path / "t.db", config=config) as server, server.client() as c:
+        r = c.post("/callbacks", json=initiate(cid))
+        assert r.status_code == 502
+        assert r.headers["content-type"] == "application/json"
+        body = r.json()
+        assert body["error"] == "bad_gateway"
+        assert f"127.0.0.1:{port}" in body["detail"]
+        assert "recorded" in body["detail"]
+        assert c.get(f"/calls/{cid}").json()["status"] == "started"
+        retry = c.post("/callbacks", json=initiate(cid))  # Bandwidth retries: a duplicate
+        assert retry.status_code == 502
+        assert len(c.get(f"/calls/{cid}/events").json()["events"]) == 1
+        metrics = c.get("/metrics").text
+    assert 'tracker_forward_errors_total{kind="connect"} 2' in metrics
+
+
+def test_a_slow_application_gives_504_within_the_timeout_and_the_event_stays_recorded(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    config = forwarding_config(tmp_path, upstream.url, "slow", forward={"timeout_seconds": 0.5})
+    cid = call_id()
+    with running(tmp_path / "t.db", config=config) as server, server.client() as c:
+        t0 = time.monotonic()
+        r = c.post("/callbacks/slow", json=initiate(cid))
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 504
+        assert r.json()["error"] == "gateway_timeout"
+        assert 0.45 <= elapsed < 1.5
+        assert c.get(f"/calls/{cid}").json()["callId"] == cid
+        assert c.post("/callbacks/voice/disconnect", json=disconnect(cid)).status_code == 204
+        metrics = c.get("/metrics").text
+    assert 'tracker_forward_errors_total{kind="timeout"} 1' in metrics
+
+
+def test_a_refused_body_is_still_forwarded_and_quarantined(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    bad = {**initiate(cid), "eventType": "disconnect"}
+    del bad["callId"]
+    bad["note"] = cid  # so the upstream record can be found
+    with tracker.client() as c:
+        r = c.post("/callbacks/voice/disconnect", json=bad)
+        assert r.status_code == 204  # the application's answer
+        assert c.get(f"/calls/{cid}").status_code == 404
+        rejects = c.get("/rejects", params={"limit": 1000}).json()["rejects"]
+    [seen] = upstream.seen(cid)
+    assert "x-tracker-seq" not in seen.headers
+    assert "x-tracker-duplicate" not in seen.headers
+    assert json.loads(seen.body) == bad
+    [reject] = [x for x in rejects if cid in x["body"]]
+    assert reject["error"] == "invalid_event"
+    assert reject["path"] == "/callbacks/voice/disconnect"
+
+
+def test_concurrent_callbacks_each_get_their_own_answer(
+    tracker: Server, upstream: Upstream
+) -> None:
+    ids = [call_id("conc") for _ in range(20)]
+    barrier = threading.Barrier(len(ids))
+
+    def post(cid: str) -> httpx.Response:
+        with tracker.client() as c:
+            barrier.wait()
+            return c.post("/callbacks/echo", json=initiate(cid))
+
+    with ThreadPoolExecutor(len(ids)) as pool:
+        answers = list(pool.map(post, ids))
+    seqs = set()
+    for cid, r in zip(ids, answers, strict=True):
+        assert r.status_code == 200
+        assert r.json()["callId"] == cid
+        assert r.headers["x-echo"] == cid
+        seqs.add(r.json()["seq"])
+    assert len(seqs) == len(ids)
+
+
+def test_the_proxy_benchmark_runs_in_smoke_mode() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_proxy.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "p50" in proc.stdout
