@@ -208,8 +208,14 @@ class CallGen:
                     ev(t, "dtmf", callState="active", dtmfDigit=digit, dtmfDuration="100")
                 else:
                     digits = str(r.randrange(1, 9999))
-                    ev(t, "gather", gatherId=f"g-{r.getrandbits(60):015x}", digits=digits,
-                       reason="max-digits", state="completed")  # fmt: skip
+                    ev(
+                        t,
+                        "gather",
+                        gatherId=f"g-{r.getrandbits(60):015x}",
+                        digits=digits,
+                        reason="max-digits",
+                        state="completed",
+                    )
             t += r.randrange(5_000, 300_000)
             ev(t, "hangup", callState="completed", cause="NORMAL_CLEARING")
             if r.random() < 0.15:  # v1 recording: no `time`, delivered after the hangup
@@ -282,27 +288,50 @@ class CallGen:
             ev(t, "answer")
             if not inbound and r.random() < 0.3:
                 t += r.randrange(2_000, 5_000)
-                ev(t, "machineDetectionComplete",
-                   machineDetectionResult={"value": "human", "duration": "PT4.9891528S"})  # fmt: skip
+                ev(
+                    t,
+                    "machineDetectionComplete",
+                    machineDetectionResult={"value": "human", "duration": "PT4.9891528S"},
+                )
             for _ in range(self._extras()):
                 t += r.randrange(500, 20_000)
                 kind = r.random()
                 if kind < 0.35:
                     ev(t, "gather", digits=str(r.randrange(1, 99999)), terminatingDigit="#")
                 elif kind < 0.6:
-                    ev(t, "dtmf", digit=r.choice("0123456789*#"),
-                       parentCallId=None, transferCallerId=None, transferTo=None)  # fmt: skip
+                    ev(
+                        t,
+                        "dtmf",
+                        digit=r.choice("0123456789*#"),
+                        parentCallId=None,
+                        transferCallerId=None,
+                        transferTo=None,
+                    )
                 elif kind < 0.8:
                     ev(t, "redirect")
                 else:  # a transfer: the B-leg is a call of its own
                     self.calls += 1
                     bleg = f"c-{r.getrandbits(32):08x}-{r.getrandbits(32):08x}-{self._uuid()}"
                     b_at = t + r.randrange(2_000, 8_000)
-                    ev(b_at, "transferAnswer", call_id=bleg, parentCallId=cid,
-                       transferCallerId=frm, transferTo=self._number())  # fmt: skip
+                    ev(
+                        b_at,
+                        "transferAnswer",
+                        call_id=bleg,
+                        parentCallId=cid,
+                        transferCallerId=frm,
+                        transferTo=self._number(),
+                    )
                     t = b_at + r.randrange(5_000, 120_000)
-                    ev(t, "transferDisconnect", call_id=bleg, parentCallId=cid,
-                       endTime=iso_ms(t), cause="hangup", errorMessage=None, errorId=None)  # fmt: skip
+                    ev(
+                        t,
+                        "transferDisconnect",
+                        call_id=bleg,
+                        parentCallId=cid,
+                        endTime=iso_ms(t),
+                        cause="hangup",
+                        errorMessage=None,
+                        errorId=None,
+                    )
                     ev(t + 20, "transferComplete", cause="hangup", errorMessage=None, errorId=None)
                     t += 20
         t += r.randrange(2_000, 300_000) if answered else r.randrange(1_000, 30_000)
@@ -383,7 +412,13 @@ def format_key() -> str:
     finally:
         conn.close()
     blob = json.dumps(
-        [GEN_VERSION, SCHEMA_VERSION, ddl, msgspec.json.schema(Fact), msgspec.json.schema(CallState)],
+        [
+            GEN_VERSION,
+            SCHEMA_VERSION,
+            ddl,
+            msgspec.json.schema(Fact),
+            msgspec.json.schema(CallState),
+        ],
         sort_keys=True,
         default=str,
     )
@@ -590,6 +625,7 @@ def run_wrk(
     keep_seqs: bool = False,
 ) -> WrkResult:
     """One wrk run (keep-alive, ``connections`` concurrent) with ``scripts/wrk/<script>``."""
+    (OUT / "tmp").mkdir(parents=True, exist_ok=True)
     fd, result = tempfile.mkstemp(prefix="wrk-", suffix=".txt", dir=OUT / "tmp")
     os.close(fd)
     cmd = [
@@ -667,12 +703,12 @@ def med(xs: Sequence[float]) -> float:
 
 
 def spread(xs: Sequence[float], fmt: str = "{:,.0f}") -> str:
-    """``median (min–max)``."""
+    """``median (min-max)``."""
     if not xs:
         return "n/a"
     if len(xs) == 1:
         return fmt.format(xs[0])
-    return f"{fmt.format(med(xs))} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
+    return f"{fmt.format(med(xs))} ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
 
 
 def verdict(ok: bool) -> str:
@@ -722,3 +758,158 @@ def interleave(sides: Sequence[str], runs: int) -> Iterator[tuple[int, str]]:
 
 
 Runner = Callable[[int, str], None]
+
+
+# --------------------------------------------------------------------------------------------
+# One ingest run against the tracker, with the no-silent-loss check
+
+
+@dataclass
+class IngestRun:
+    wrk: WrkResult
+    ready_s: float
+    idle_rss_mb: float
+    rss_mb: float  # after the run, before stopping
+    hwm_mb: float  # peak RSS of the server
+    check: dict[str, Any]
+
+
+def count_events(db: Path) -> tuple[int, int]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        n, top = conn.execute("SELECT count(*), coalesce(max(seq), 0) FROM events").fetchone()
+        return int(n), int(top)
+    finally:
+        conn.close()
+
+
+def verify_ingest(db: Path, before: tuple[int, int], res: WrkResult) -> dict[str, Any]:
+    """After the server stopped: every seq acknowledged with a 200 is a distinct new row, and
+    the rows added are the 200s plus at most the requests still in flight when wrk stopped
+    (those were committed but their answers were never read)."""
+    import sqlite3
+
+    n_before, top_before = before
+    n_after, _ = count_events(db)
+    added = n_after - n_before
+    n200 = res.codes.get(200, 0)
+    in_flight = max(0, res.sent - sum(res.codes.values()))
+    acked = res.seqs
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        conn.execute("CREATE TEMP TABLE acked (seq INTEGER)")
+        conn.executemany("INSERT INTO acked VALUES (?)", ((s,) for s in acked))
+        present = conn.execute(
+            "SELECT count(*) FROM acked JOIN events USING (seq) WHERE seq > ?", (top_before,)
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    problems = []
+    if len(acked) != n200:
+        problems.append(f"{n200} 200s but {len(acked)} seqs parsed")
+    if len(set(acked)) != len(acked):
+        problems.append("a seq was acknowledged twice")
+    if present != len(acked):
+        problems.append(f"{len(acked) - present} acknowledged events are not in the database")
+    if not n200 <= added <= n200 + in_flight:
+        problems.append(f"{added} rows added for {n200} 200s and {in_flight} requests in flight")
+    other = {c: n for c, n in res.codes.items() if c != 200}
+    if other or res.non2xx:
+        problems.append(f"non-200 answers: {other or res.non2xx}")
+    if res.socket_errors:
+        problems.append(f"{res.socket_errors} socket errors")
+    if res.duplicates or res.wrapped:
+        problems.append(
+            f"{res.duplicates} duplicates / {res.wrapped} wrapped bodies: use more --bodies"
+        )
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "n200": n200,
+        "added": added,
+        "in_flight_at_stop": in_flight,
+        "acked_present": present,
+        "non2xx": res.non2xx,
+        "socket_errors": res.socket_errors,
+    }
+
+
+def tracker_ingest_run(
+    db: Path,
+    bodies: Path,
+    warm_bodies: Path | None,
+    *,
+    duration: float,
+    warmup: float,
+    connections: int,
+    threads: int,
+    synchronous: str = "normal",
+    on_running: Callable[[Server], None] | None = None,
+) -> IngestRun:
+    """Start the tracker on ``db``, warm up, measure, stop gracefully, verify."""
+    srv = start_tracker(db, synchronous=synchronous)
+    try:
+        idle = srv.rss_mb()
+        if warm_bodies is not None and warmup > 0:
+            run_wrk(
+                srv.url,
+                "ingest.lua",
+                [str(warm_bodies)],
+                duration=warmup,
+                connections=connections,
+                threads=threads,
+            )
+            time.sleep(0.3)  # the last in-flight requests of the warm-up commit
+        before = count_events(db)
+        if on_running is not None:
+            on_running(srv)
+        res = run_wrk(
+            srv.url,
+            "ingest.lua",
+            [str(bodies)],
+            duration=duration,
+            connections=connections,
+            threads=threads,
+            keep_seqs=True,
+        )
+        rss, hwm = srv.rss_mb(), srv.hwm_mb()
+    finally:
+        rc = srv.stop()
+    check = verify_ingest(db, before, res)
+    if rc != 0:
+        check["ok"] = False
+        check["problems"].append(f"tracker serve exited {rc}")
+    return IngestRun(res, srv.ready_s, idle, rss, hwm, check)
+
+
+def bare_ingest_run(
+    bodies: Path, *, duration: float, warmup: float, connections: int, threads: int
+) -> WrkResult:
+    srv = start_bare()
+    try:
+        if warmup > 0:
+            run_wrk(
+                srv.url,
+                "ingest.lua",
+                [str(bodies)],
+                duration=warmup,
+                connections=connections,
+                threads=threads,
+            )
+        return run_wrk(
+            srv.url,
+            "ingest.lua",
+            [str(bodies)],
+            duration=duration,
+            connections=connections,
+            threads=threads,
+        )
+    finally:
+        srv.stop()
+
+
+def remove_db(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)

@@ -27,8 +27,8 @@ import bench_common as bc
 
 sys.path.insert(0, str(bc.ROOT))
 
-from tracker.events import decode_object, parse_json  # noqa: E402
-from tracker.store import Store, make_entry  # noqa: E402
+from tracker.events import decode_object, parse_json
+from tracker.store import Store, make_entry
 
 
 def build(path: Path, events: int, calls: int, *, group: int = 5000, seed: str = "db") -> dict:

@@ -113,8 +113,9 @@ def _drain(proc: subprocess.Popen[str]) -> None:
 
     def pump() -> None:
         assert proc.stdout is not None
-        for _ in proc.stdout:
-            pass
+        with proc.stdout:  # closed at EOF (the process ended): no unclosed-file warning later
+            for _ in proc.stdout:
+                pass
 
     threading.Thread(target=pump, daemon=True).start()
 

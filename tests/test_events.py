@@ -342,6 +342,36 @@ def test_malformed_json_is_a_json_decode_error():
 
 
 # --------------------------------------------------------------------------------------------
+# Decoding from the raw bytes (the ingest fast path)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [v1(name, cause="X", tag="t") for name in sorted(V1_CLASSES)]
+    + [v2(name, cause="busy", endTime=T2, tag="t") for name in sorted(V2_CLASSES)]
+    + [{"eventType": "somethingNew", "callId": "c", "eventTime": T2, "x": [1]}],
+    ids=lambda p: f"{'v2' if 'eventTime' in p else 'v1'}-{p['eventType']}",
+)
+def test_decoding_from_raw_bytes_gives_the_same_result_as_from_the_object(payload):
+    raw = msgspec.json.encode(payload)
+    assert decode_object(parse_json(raw), raw=raw) == decode_object(payload)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"eventType":"hangup","callId":5,"time":"x"}', "callId is invalid for hangup"),
+        (b'{"eventType":"disconnect","callId":"c","cause":1}', "cause is invalid for disconnect"),
+        (b'{"eventType":"hangup","time":"x"}', "callId is required for hangup"),
+        (b'{"eventType":"foo","callId":["c"]}', "callId is invalid for foo"),
+    ],
+)
+def test_decoding_from_raw_bytes_names_the_field_and_the_event_type(raw, message):
+    with pytest.raises(InvalidEvent, match=f"^{message}"):
+        decode_object(parse_json(raw), raw=raw)
+
+
+# --------------------------------------------------------------------------------------------
 # Lenient (GET / form) decoding
 
 
@@ -438,7 +468,7 @@ def _shuffled(value: Any, rnd: Any) -> Any:
 
 
 @settings(max_examples=200)
-@given(st.dictionaries(st.text(max_size=6), json_values, max_size=6), st.randoms())
+@given(st.dictionaries(st.text(max_size=6).map("x-".__add__), json_values, max_size=6), st.randoms())
 def test_the_content_key_is_a_function_of_the_json_value(obj, rnd):
     obj = {**obj, "eventType": "whatever"}
     shuffled = _shuffled(obj, rnd)
@@ -546,6 +576,33 @@ def test_parse_and_format_round_trip_through_utc(moment):
     assert parse_time(formatted) == ms
     assert formatted.endswith("Z")
     assert len(formatted) == len("2012-11-14T15:56:12.636Z")
+
+
+@st.composite
+def time_like(draw: st.DrawFn) -> str:
+    year = draw(st.sampled_from([1, 2, 999, 1969, 1970, 2012, 2038, 9999]))
+    date = f"{year:04d}-{draw(st.integers(1, 12)):02d}-{draw(st.integers(1, 31)):02d}"
+    clock = f"{draw(st.integers(0, 25)):02d}:{draw(st.integers(0, 61)):02d}"
+    clock += draw(st.sampled_from(["", f":{draw(st.integers(0, 61)):02d}"]))
+    if clock.count(":") == 2:
+        clock += draw(st.sampled_from(["", ".6", ".636", ".636123", ".636123456", ",5"]))
+    sign = draw(st.sampled_from(["+", "-"]))
+    hh, mm = draw(st.integers(0, 25)), draw(st.integers(0, 99))
+    zone = draw(
+        st.sampled_from(
+            ["", "Z", "z", f"{sign}{hh:02d}", f"{sign}{hh:02d}:{mm:02d}", f"{sign}{hh:02d}{mm:02d}"]
+        )
+    )
+    return f"{date}{draw(st.sampled_from(['T', 't', ' ']))}{clock}{zone}"
+
+
+@settings(max_examples=300)
+@given(time_like())
+def test_the_fast_time_path_agrees_with_the_general_parser(text):
+    # a leading space skips the fromisoformat fast path; the regex path strips it
+    assert parse_time(text) == parse_time(" " + text)
+    ms = parse_time(text)
+    assert ms is None or format_time(ms) is not None
 
 
 @settings(max_examples=200)

@@ -7,9 +7,11 @@ records every request it receives and answers according to the path it is called
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import random
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -28,8 +30,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from tests.server import Server, running, write_config
+from tracker.app import create_app
+from tracker.config import Forward, Settings, Storage
+from tracker.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,6 +114,10 @@ class Upstream:
                     yield BIG[i : i + 65536]
 
             return StreamingResponse(chunks(), media_type="application/octet-stream")
+        if path.endswith("/cookie"):
+            r = Response(b"", 204)
+            r.set_cookie("session", "secret-of-one-caller")
+            return r
         if "/status/" in path:
             status = int(path.rsplit("/", 1)[1])
             content_type = request.query_params.get("type", "text/plain; charset=iso-8859-1")
@@ -365,6 +375,43 @@ def test_tracker_headers_sent_by_the_client_are_not_passed_on(
     assert "x-tracker-seq" not in seen.headers
 
 
+def test_the_proxy_adds_no_headers_and_keeps_no_cookies_of_its_own(
+    tracker: Server, upstream: Upstream
+) -> None:
+    first, second = call_id(), call_id()
+    with tracker.client() as c:
+        r = c.post("/callbacks/cookie", json=initiate(first))
+        assert r.status_code == 204
+        assert "secret-of-one-caller" in r.headers["set-cookie"]  # relayed to the caller
+    host, port = tracker.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = json.dumps(initiate(second)).encode()
+    conn.putrequest("POST", "/callbacks/plain", skip_accept_encoding=True)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    assert conn.getresponse().status == 200
+    conn.close()
+    [seen] = upstream.seen(second)
+    assert "cookie" not in seen.headers  # the first caller's cookie went nowhere else
+    assert "accept-encoding" not in seen.headers  # nor did the proxy ask for compression
+    assert "user-agent" not in seen.headers
+    assert seen.headers["x-forwarded-for"] == "127.0.0.1"
+    assert seen.headers["x-forwarded-host"] == f"{host}:{port}"
+    assert seen.headers["x-forwarded-proto"] == "http"
+    assert seen.headers["host"] == upstream.url.removeprefix("http://")
+
+
+def test_a_compressed_answer_is_relayed_as_the_application_sent_it(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id()
+    with tracker.client() as c:
+        r = c.post("/callbacks/big", json=initiate(cid), headers={"Accept-Encoding": "identity"})
+    assert r.content == BIG
+    assert upstream.seen(cid)[0].headers["accept-encoding"] == "identity"
+
+
 # --------------------------------------------------------------------------------------------
 # Authentication
 
@@ -461,6 +508,56 @@ def test_a_slow_application_gives_504_within_the_timeout_and_the_event_stays_rec
     assert 'tracker_forward_errors_total{kind="timeout"} 1' in metrics
 
 
+class BreakingApplication(socketserver.ThreadingTCPServer):
+    """An application that declares a body and then hangs up before sending all of it."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = self.request.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            declared, sent = (100, 10) if b" /short " in head else (1_000_000, 200_000)
+            self.request.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\n"
+                b"content-length: %d\r\n\r\n" % declared + b"x" * sent
+            )
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), self.Handler)
+
+
+def test_an_answer_that_breaks_off_gives_502_or_an_aborted_connection_never_a_short_body(
+    tmp_path: Path,
+) -> None:
+    app = BreakingApplication()
+    thread = threading.Thread(target=app.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{app.server_address[1]}"
+    try:
+        config = forwarding_config(tmp_path, url, "breaking")
+        with running(tmp_path / "t.db", config=config) as server, server.client() as c:
+            short = c.post("/callbacks/short", json=initiate(call_id()))
+            assert short.status_code == 502  # nothing was sent yet: a clean error
+            assert short.json()["error"] == "bad_gateway"
+            long_id = call_id()
+            with pytest.raises(httpx.RemoteProtocolError):
+                c.post("/callbacks/long", json=initiate(long_id))  # streamed: cut off
+            assert c.get(f"/calls/{long_id}").status_code == 200  # recorded all the same
+            metrics = c.get("/metrics").text
+    finally:
+        app.shutdown()
+        app.server_close()
+        thread.join(5)
+    assert 'tracker_forward_errors_total{kind="protocol"} 1' in metrics
+    assert 'tracker_forward_errors_total{kind="aborted"} 1' in metrics
+
+
 def test_a_refused_body_is_still_forwarded_and_quarantined(
     tracker: Server, upstream: Upstream
 ) -> None:
@@ -514,3 +611,16 @@ def test_the_proxy_benchmark_runs_in_smoke_mode() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "p50" in proc.stdout
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/hooks", "localhost:3000", "http://"])
+def test_a_forward_url_that_is_not_http_fails_startup_before_storage_is_opened(
+    tmp_path: Path, url: str
+) -> None:
+    db = tmp_path / "t.db"
+    app = create_app(Settings(storage=Storage(path=str(db)), forward=Forward(url=url)))
+    with pytest.raises(ConfigError, match=r"forward\.url"), TestClient(app):
+        pass
+    assert app.forwarder is None
+    assert app.writer is None
+    assert not db.exists()

@@ -22,12 +22,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import httpx
 import msgspec
 import pytest
-from server import Server, start_server, write_config
+from server import Server, running, write_config
 
 from tracker.events import content_key, decode_object
 from tracker.state import fact_of, fold, view
@@ -77,27 +77,6 @@ def hangup_body(call_id: str) -> dict[str, str]:
         callState="completed",
         **{"from": "+13233326955", "to": "+13865245000"},
     )
-
-
-@contextlib.contextmanager
-def running(db: Path, **kw: Any) -> Iterator[Server]:
-    """``server.running``, and then the output pipe closed once its drain thread has ended.
-
-    (``tests/server.py`` leaves ``proc.stdout`` open, which is a ResourceWarning, an error here.)
-    """
-    before = set(threading.enumerate())
-    server = start_server(db, **kw)
-    drains = set(threading.enumerate()) - before
-    try:
-        yield server
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-        server.proc.wait(10)
-        for t in drains:
-            t.join(10)
-        if server.proc.stdout is not None:
-            server.proc.stdout.close()
 
 
 def rows(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -394,10 +373,43 @@ def test_every_refused_body_is_answered_with_the_error_shape_and_kept_in_the_qua
         assert r.status_code == 200
         assert r.json()["duplicate"] is False
         assert c.get(f"/calls/{cid}").json()["outcome"] == "normal"
-        fixed = c.post("/callbacks", json=batch[:1] + [good])
+        fixed = c.post("/callbacks", json=[*batch[:1], good])
         assert [x["duplicate"] for x in fixed.json()["results"]] == [False, True]
         # and after the quarantine, a connection that was closed still leaves the server usable
         assert c.get("/healthz").status_code == 200
+
+
+def test_a_body_of_exactly_max_body_bytes_and_a_batch_of_exactly_max_batch_are_accepted(
+    limited: Server,
+) -> None:
+    cid = new_id()
+    body = json.dumps(hangup_body(cid)).encode()
+    exact = body + b" " * (2048 - len(body))
+    with limited.client() as c:
+        r = c.post("/callbacks", content=exact)
+        assert r.status_code == 200, r.text
+        r = c.post("/callbacks", content=iter([exact[:1000], exact[1000:]]))
+        assert r.json() == {"seq": r.json()["seq"], "duplicate": True}
+        assert_error(c.post("/callbacks", content=exact + b" "), 413, "too_large")
+        over = iter([exact[:1000], exact[1000:] + b" "])
+        assert_error(c.post("/callbacks", content=over), 413, "too_large")
+        three = [v1("dtmf", cid, f"2012-11-14T15:55:0{i}Z", dtmfDigit=str(i)) for i in range(3)]
+        r = c.post("/callbacks", json=three)
+        assert [x["duplicate"] for x in r.json()["results"]] == [False, False, False]
+
+
+def test_a_refused_get_delivery_is_quarantined_with_its_query_string(limited: Server) -> None:
+    cid = new_id()
+    event = v1("hangup", None, "2012-11-14T15:56:12Z", cause="NORMAL_CLEARING", tag=cid)
+    with limited.client() as c:
+        r = c.get("/callbacks/get", params=event)
+        assert assert_error(r, 422, "invalid_event")["detail"] == "callId is required for hangup"
+        mine = [x for x in all_rejects(c) if cid in x["body"]]
+        assert len(mine) == 1
+        assert (mine[0]["status"], mine[0]["path"]) == (422, "/callbacks/get")
+        assert dict(parse_qsl(mine[0]["body"])) == event
+        r = c.get("/callbacks/get", params={**event, "callId": cid})
+        assert r.status_code == 200
 
 
 def test_methods_other_than_get_and_post_on_callbacks_are_405(limited: Server) -> None:
@@ -405,8 +417,16 @@ def test_methods_other_than_get_and_post_on_callbacks_are_405(limited: Server) -
         for method in ("PUT", "DELETE", "PATCH"):
             r = c.request(method, "/callbacks", json=hangup_body(new_id()))
             assert_error(r, 405, "method_not_allowed")
-        assert_error(c.put("/calls/x"), 405, "method_not_allowed")
-        assert_error(c.post("/calls"), 405, "method_not_allowed")
+            assert r.headers["allow"] == "GET, POST"
+        r = c.put("/callbacks/sub/path", content=b"{}")
+        assert (r.status_code, r.headers["allow"]) == (405, "GET, POST")
+        r = c.put("/calls/x")
+        assert_error(r, 405, "method_not_allowed")
+        assert r.headers["allow"] == "GET, HEAD"
+        r = c.post("/calls")
+        assert_error(r, 405, "method_not_allowed")
+        assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD"}
+        assert c.head("/calls").status_code == 200
         assert_error(c.get("/no/such/route"), 404, "not_found")
 
 
@@ -543,8 +563,8 @@ def test_the_event_stream_sends_the_log_then_live_events_and_resumes_after_last_
             assert data["callId"] == cid
             assert data["payload"] == v1("answer", cid, "2012-11-14T15:55:04Z")
             live = hangup_body(cid)
-            t0 = time.monotonic()
-            seq = poster.post("/callbacks", json=live).json()["seq"]
+            t0 = time.monotonic()  # posted pretty-printed: its newlines must not split the frame
+            seq = poster.post("/callbacks", content=json.dumps(live, indent=2)).json()["seq"]
             frame = next(frames)
             assert time.monotonic() - t0 < 1.0
             assert int(frame["id"]) == seq
@@ -766,20 +786,26 @@ def test_many_concurrent_clients_with_shuffled_duplicated_events_agree_with_the_
 ) -> None:
     rng = random.Random(20121114)
     events = [e for n in range(300) for e in call_flow(rng, n)]
-    deliveries: list[tuple[str, list[dict[str, str]], str]] = []  # (how, events, body repr)
+    distinct = {content_key(e)[1]: e for e in events}
+    deliveries: list[tuple[str, list[dict[str, str]]]] = []  # (how, events)
     for e in events:
         for _ in range(1 + (rng.random() < 0.3) + (rng.random() < 0.1)):
             how = rng.choices(["json", "json-pretty", "get", "form", "batch"], [6, 2, 1, 1, 1])[0]
-            deliveries.append((how, [e], ""))
+            deliveries.append((how, [e]))
     rng.shuffle(deliveries)
     # fold some neighbours into batches (each element is its own event)
-    merged: list[tuple[str, list[dict[str, str]], str]] = []
-    for how, evs, _ in deliveries:
-        if how == "batch" and merged and merged[-1][0] == "batch" and len(merged[-1][1]) < 4:
-            if all(content_key(x) != content_key(evs[0]) for x in merged[-1][1]):
-                merged[-1][1].append(evs[0])
-                continue
-        merged.append((how, list(evs), ""))
+    merged: list[tuple[str, list[dict[str, str]]]] = []
+    for how, evs in deliveries:
+        if (
+            how == "batch"
+            and merged
+            and merged[-1][0] == "batch"
+            and len(merged[-1][1]) < 4
+            and all(content_key(x) != content_key(evs[0]) for x in merged[-1][1])
+        ):
+            merged[-1][1].append(evs[0])
+            continue
+        merged.append((how, list(evs)))
 
     db = tmp_path / "concurrent.db"
     results: list[tuple[bytes, int, bool]] = []
@@ -787,8 +813,8 @@ def test_many_concurrent_clients_with_shuffled_duplicated_events_agree_with_the_
     failures: list[str] = []
     local = threading.local()
 
-    def deliver(item: tuple[str, list[dict[str, str]], str]) -> None:
-        how, evs, _ = item
+    def deliver(item: tuple[str, list[dict[str, str]]]) -> None:
+        how, evs = item
         c: httpx.Client = local.client
         path = rng_path(evs[0])
         if how == "json":
@@ -815,8 +841,24 @@ def test_many_concurrent_clients_with_shuffled_duplicated_events_agree_with_the_
     def rng_path(e: dict[str, str]) -> str:
         return "/callbacks" if len(e["eventType"]) % 2 else f"/callbacks/{e['eventType']}"
 
+    streamed: list[int] = []
+
+    def watch(server: Server, ready: threading.Event) -> None:
+        """A live /events/stream reader during the whole load: it must see every seq once."""
+        timeout = httpx.Timeout(10.0, read=20.0)
+        with server.client(timeout=timeout) as c, c.stream("GET", "/events/stream") as s:
+            ready.set()
+            for frame in sse_frames(s):
+                streamed.append(int(frame["id"]))
+                if len(streamed) >= len(distinct):
+                    return
+
     with running(db) as server:
         clients: list[httpx.Client] = []
+        ready = threading.Event()
+        watcher = threading.Thread(target=watch, args=(server, ready), daemon=True)
+        watcher.start()
+        assert ready.wait(10)
 
         def init() -> None:
             local.client = server.client(timeout=30.0)
@@ -830,13 +872,14 @@ def test_many_concurrent_clients_with_shuffled_duplicated_events_agree_with_the_
             for c in clients:
                 c.close()
         assert failures == []
+        watcher.join(30)
+        assert streamed == list(range(1, len(distinct) + 1))
 
         by_key: dict[bytes, set[int]] = defaultdict(set)
         fresh: dict[bytes, int] = defaultdict(int)
         for key, seq, dup in results:
             by_key[key].add(seq)
             fresh[key] += not dup
-        distinct = {content_key(e)[1]: e for e in events}
         assert set(by_key) == set(distinct)
         assert all(len(s) == 1 for s in by_key.values())
         assert all(n == 1 for n in fresh.values())

@@ -16,8 +16,10 @@ from tracker.state import (
     END_NONE,
     CallState,
     Fact,
+    evolve,
     fact_of,
     fold,
+    fold_distinct,
     initial_state,
     merge,
     view,
@@ -750,6 +752,24 @@ def test_folding_two_halves_and_merging_equals_folding_the_whole(facts, data):
     assert view(merge(fold(left, CALL), fold(right, CALL))) == view(whole)
 
 
+def _evolve_all(facts: list[Fact], call_id: str) -> CallState:
+    state = initial_state(call_id)
+    for f in facts:
+        state = evolve(state, f)
+    return state
+
+
+@settings(max_examples=200, deadline=None)
+@given(facts_of_events, st.data())
+def test_the_single_pass_fold_equals_evolving_one_event_at_a_time_in_any_order(facts, data):
+    distinct = [msgspec.structs.replace(f, seq=i) for i, f in enumerate(_distinct(facts), 1)]
+    order = data.draw(st.permutations(distinct))
+    whole = fold(distinct, CALL)
+    assert _evolve_all(order, CALL) == whole
+    assert fold_distinct(((f, None) for f in order), CALL) == whole
+    assert fold_distinct(((f, f.seq) for f in order), CALL) == whole
+
+
 @settings(max_examples=200, deadline=None)
 @given(facts_of_events)
 def test_merge_is_idempotent_in_every_field_but_the_count(facts):
@@ -802,6 +822,12 @@ def test_the_fold_and_view_never_raise_on_nonsensical_facts(facts, call_id):
     assert v.anomalies == sorted(v.anomalies)
     half = len(facts) // 2
     merge(fold(facts[:half], call_id), fold(facts[half:], call_id))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(nonsense_facts, max_size=8, unique_by=lambda f: f.key), st.text(max_size=5))
+def test_the_single_pass_fold_equals_evolving_even_for_nonsensical_facts(facts, call_id):
+    assert fold(facts, call_id) == _evolve_all(facts, call_id)
 
 
 FIELD_NAMES = [

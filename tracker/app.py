@@ -94,10 +94,14 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, err: TrackerError, close: bool = False) -> None:
+async def send_error(
+    send: Send, err: TrackerError, close: bool = False, allow: bytes | None = None
+) -> None:
     headers = list(JSON_HEADERS)
     if isinstance(err, Unauthorized):
         headers.append((b"www-authenticate", err.challenge.encode()))
+    if allow is not None and isinstance(err, MethodNotAllowed):
+        headers.append((b"allow", allow))  # a 405 must name the allowed methods (RFC 9110)
     if close:
         headers.append((b"connection", b"close"))
     await send_bytes(send, err.status, error_body(err), headers)
@@ -195,6 +199,8 @@ def _parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entr
             element = bytes(raw)
             try:
                 decoded = decode_object(parse_json(element), raw=element)
+            except msgspec.DecodeError as err:  # the array scan does not check UTF-8 inside
+                raise InvalidJson(f"element {i} is not valid JSON: {err}") from None
             except InvalidEvent as err:
                 raise EventRejected(f"element {i}: {err}") from None
             entries.append(st.make_entry(decoded, element, "json", now))
@@ -319,14 +325,22 @@ class TrackerApp:
 
     def open(self) -> None:
         """Open the storage and start the writer (what the lifespan does)."""
+        if self.settings.forward.url:  # first: a bad forward.url fails before anything is opened
+            from tracker.forward import Forwarder  # only when forwarding is configured
+
+            self.forwarder = Forwarder(self.settings.forward, self.metrics)
         s = self.settings.storage
-        store = st.Store(
-            s.path,
-            synchronous=s.synchronous,
-            outcomes=self.settings.outcomes,
-            busy_ms=s.busy_timeout_ms,
-            quarantine_max_bytes=self.settings.ingest.quarantine_max_bytes,
-        )
+        try:
+            store = st.Store(
+                s.path,
+                synchronous=s.synchronous,
+                outcomes=self.settings.outcomes,
+                busy_ms=s.busy_timeout_ms,
+                quarantine_max_bytes=self.settings.ingest.quarantine_max_bytes,
+            )
+        except BaseException:
+            self.forwarder = None  # it has not connected anywhere yet: nothing to close
+            raise
         self.writer = Writer(
             store,
             max_events=self.settings.ingest.max_commit_events,
@@ -337,10 +351,6 @@ class TrackerApp:
         self.reader = st.connect(s.path, busy_ms=s.busy_timeout_ms)
         self._changed = asyncio.Event()
         self._closing = False
-        if self.settings.forward.url:
-            from tracker.forward import Forwarder  # only when forwarding is configured
-
-            self.forwarder = Forwarder(self.settings.forward, self.metrics)
 
     async def close(self) -> None:
         """Stop streams, commit everything queued, checkpoint, close."""
@@ -411,6 +421,11 @@ class TrackerApp:
 
     def _on_error(self) -> None:
         self.metrics.storage_errors += 1
+
+    def stopping(self) -> None:
+        """The server is shutting down: end the live streams so connections can drain."""
+        self._closing = True
+        self._notify()
 
     def _notify(self) -> None:
         ev = self._changed
@@ -529,6 +544,7 @@ class TrackerApp:
                     body=body if partial is None else partial,
                     content_type=content_type.decode("latin-1"),
                     path=path,
+                    size=err.size,
                 )
                 try:
                     await writer.submit((), (reject,))
@@ -545,7 +561,7 @@ class TrackerApp:
             ):
                 await self.forwarder.relay(scope, body, None, send, path)
                 return
-            await send_error(send, err, close=err.status in (408, 413))
+            await send_error(send, err, close=err.status in (408, 413), allow=b"GET, POST")
             return
         self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
         if self.forwarder is not None:
@@ -564,56 +580,53 @@ class TrackerApp:
                 err = TooLarge(
                     f"the body is {declared} bytes; the limit is {limit} (max_body_bytes)"
                 )
-                err.partial = await self._head(receive)  # the quarantine keeps the body's head
+                err.partial = await self._head(receive, [], True)  # for the quarantine
+                err.size = declared
                 raise err
         chunks: list[bytes] = []
         size = 0
+        more = True
         try:
             # the first receive too: a client that sends headers and then nothing is timed out
             async with asyncio.timeout(self.body_timeout):
-                while True:
+                while more and size <= limit:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         raise ClientGone()
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     chunks.append(chunk)
-                    if size > limit:
-                        self._too_large(b"".join(chunks), limit)
-                    if not message.get("more_body", False):
-                        break
+                    more = message.get("more_body", False)
         except TimeoutError:
             late = RequestTimeout(
                 f"the body did not arrive within {self.body_timeout:g} s (body_timeout_seconds)"
             )
             late.partial = b"".join(chunks)
             raise late from None
+        if size > limit:
+            err = TooLarge(f"the body exceeds {limit} bytes (max_body_bytes)")
+            err.partial = await self._head(receive, chunks, more)
+            raise err
         return b"".join(chunks)
 
-    async def _head(self, receive: Receive) -> bytes:
-        """The first ``quarantine_max_bytes`` of a body refused unread (declared too large)."""
+    async def _head(self, receive: Receive, chunks: list[bytes], more: bool) -> bytes:
+        """A refused body's head for the quarantine: what was read, plus more up to one byte past
+        ``quarantine_max_bytes`` (so the store marks it truncated), briefly."""
         cap = self.settings.ingest.quarantine_max_bytes
-        chunks: list[bytes] = []
-        size = 0
+        size = sum(len(c) for c in chunks)
         try:
             async with asyncio.timeout(min(self.body_timeout, 5.0)):
-                while size < cap:
+                while more and size <= cap:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         break
                     chunk = message.get("body", b"")
                     chunks.append(chunk)
                     size += len(chunk)
-                    if not message.get("more_body", False):
-                        break
+                    more = message.get("more_body", False)
         except TimeoutError:
             pass
-        return b"".join(chunks)[:cap]
-
-    def _too_large(self, seen: bytes, limit: int) -> None:
-        err = TooLarge(f"the body exceeds {limit} bytes (max_body_bytes)")
-        err.partial = seen[: self.settings.ingest.quarantine_max_bytes]
-        raise err
+        return b"".join(chunks)[: cap + 1]
 
     # -- query -----------------------------------------------------------------------------------
 
@@ -645,7 +658,7 @@ class TrackerApp:
                     raise NotFound(f"no call with id {call_id!r}")
                 body = found
         except TrackerError as err:
-            await send_error(send, err)
+            await send_error(send, err, allow=b"GET, HEAD")
             return
         await send_bytes(send, 200, body)
 
@@ -803,9 +816,11 @@ class TrackerApp:
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.url.path}"))
         if exc.status_code == 405:
-            return error_response(
+            response = error_response(
                 MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
             )
+            response.headers.update(exc.headers or {})  # Starlette's Allow header
+            return response
         return Response(
             _json.encode({"error": "http_error", "detail": str(exc.detail)}),
             exc.status_code,

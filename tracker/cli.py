@@ -246,6 +246,12 @@ def _make_server(config: uvicorn.Config, db: str) -> uvicorn.Server:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            stopping = getattr(self.config.app, "stopping", None)
+            if callable(stopping):
+                stopping()  # end /events/stream responses first, or they hold the shutdown
+            await super().shutdown(sockets=sockets)
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started and self.servers and self.servers[0].sockets:

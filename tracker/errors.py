@@ -20,6 +20,7 @@ class TrackerError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.partial: bytes | None = None  # what was read of a refused body, when not all of it
+        self.size: int | None = None  # the refused body's full size, when known and not read
 
 
 class InvalidJson(TrackerError):

@@ -462,12 +462,11 @@ def parse_time(value: Any) -> int | None:
         except ValueError:
             pass
         else:
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=UTC)
-            try:
-                return (dt - _EPOCH) // _MS
-            except OverflowError:
-                return None
+            # UTC or no offset only: fromisoformat takes "+05:99" as +06:39, so other offsets
+            # go through the validating regex below
+            if not dt.utcoffset():
+                ms = (dt.replace(tzinfo=UTC) - _EPOCH) // _MS
+                return ms if _MIN_MS <= ms <= _MAX_MS else None
     m = _TIME.fullmatch(value)
     if m is None:
         return None

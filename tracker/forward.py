@@ -16,8 +16,9 @@ reached the caller gets ``502 bad_gateway``; when it does not start answering wi
 ``timeout_seconds``, ``504 gateway_timeout``. The event stays recorded either way, so a retry by
 Bandwidth is recognised as a duplicate and forwarded again.
 
-One pooled :class:`httpx.AsyncClient` (keep-alive, ``max_connections``) serves all requests; it
-ignores proxy environment variables, since the application is addressed directly.
+One pooled :class:`httpx.AsyncClient` (keep-alive, ``max_connections``) serves all requests. It
+adds no headers and keeps no cookies of its own, follows no redirects (a 3xx goes back to the
+caller) and ignores proxy environment variables, since the application is addressed directly.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Final
 
 import httpx
 
+from tracker.app import raw_route_path, send_error
 from tracker.config import Forward
 from tracker.errors import BadGateway, ConfigError, GatewayTimeout, TrackerError
 from tracker.metrics import Metrics
@@ -58,6 +61,7 @@ _NOT_FORWARDED: Final = _HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _NOT_RETURNED: Final = _HOP_BY_HOP | {b"date", b"server"}
 _TRACKER_PREFIX: Final = b"x-tracker-"
 _NO_BODY_METHODS: Final = frozenset({"GET", "HEAD"})
+SMALL_ANSWER: Final = 65_536  # answers up to this size (declared) are relayed in one message
 
 
 class UpstreamAborted(Exception):
@@ -66,8 +70,6 @@ class UpstreamAborted(Exception):
 
 def _callbacks_suffix(scope: Scope, path: str) -> bytes:
     """The raw (still percent-encoded) path after ``/callbacks``, root path removed."""
-    from tracker.app import raw_route_path
-
     raw = raw_route_path(scope)
     if raw == b"/callbacks" or raw.startswith(b"/callbacks/"):
         return raw[len(b"/callbacks") :]
@@ -110,7 +112,12 @@ class Forwarder:
             ),
             follow_redirects=False,
             trust_env=False,
+            # A proxy keeps no cookies: one caller's Set-Cookie must never reach another's request.
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
         )
+        # Nor does it add headers of its own (httpx's Accept-Encoding would have the
+        # application compress an answer the caller never asked to be compressed).
+        self.client.headers.clear()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -176,8 +183,6 @@ class Forwarder:
         path: str,
     ) -> None:
         """Forward the callback and stream the application's answer back through ``send``."""
-        from tracker.app import send_error
-
         t0 = time.perf_counter()
         method: str = scope["method"]
         request = self.client.build_request(
@@ -205,7 +210,7 @@ class Forwarder:
             await send_error(send, self._bad_gateway(err, results))
             return
         try:
-            await self._stream_back(response, send)
+            await self._stream_back(response, send, results)
         finally:
             await response.aclose()
         self.metrics.forward_seconds.observe(time.perf_counter() - t0)
@@ -220,16 +225,35 @@ class Forwarder:
         reason = str(err) or type(err).__name__
         return BadGateway(f"{why} ({reason}); {self._recorded(results)}")
 
-    async def _stream_back(self, response: httpx.Response, send: Send) -> None:
+    async def _stream_back(
+        self, response: httpx.Response, send: Send, results: Sequence[Appended] | None
+    ) -> None:
         headers = [
             (key.lower(), value)
             for key, value in response.headers.raw
             if key.lower() not in _NOT_RETURNED
         ]
-        await send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
-        )
+        start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
         try:
+            declared = int(response.headers.get("content-length", "-1"))
+        except ValueError:
+            declared = -1
+        if response.status_code in (204, 304):
+            declared = 0
+        if 0 <= declared <= SMALL_ANSWER:
+            # The usual answer (BXML, JSON, nothing): bounded, so read it whole and answer in one
+            # go (or with a 502 when it breaks off). Larger or unknown lengths are streamed.
+            try:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
+            except httpx.HTTPError as err:
+                self.metrics.forward_errors["protocol"] += 1
+                await send_error(send, self._bad_gateway(err, results))
+                return
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        try:
+            await send(start)
             async for chunk in response.aiter_raw():
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})

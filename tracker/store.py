@@ -117,6 +117,7 @@ class Reject:
     body: bytes
     content_type: str
     path: str
+    size: int | None = None  # the full size when ``body`` is only its head (a 413)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,6 +279,7 @@ _INSERT_EVENT = """
 INSERT INTO events (seq, received_at, api, event_type, call_id, call_key, event_time, dkey, fmt,
                     fact, body)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (dkey) DO NOTHING
 """
 
 
@@ -356,14 +358,9 @@ class Store:
         for group in groups:
             res: list[Appended] = []
             for e in group:
-                found = execute("SELECT seq FROM events WHERE dkey = ?", (e.dkey,)).fetchone()
-                if found is not None:
-                    res.append(Appended(found[0], True))
-                    continue
-                seq = next_seq
-                next_seq += 1
-                call_key = None
                 cid = e.call_id
+                call_key = None
+                cur = None
                 if cid is not None:
                     cur = touched.get(cid)
                     if cur is None:
@@ -372,15 +369,13 @@ class Store:
                         ).fetchone()
                         if got is None:
                             cur = (next_key, initial_state(cid))
-                            next_key += 1
                         else:
                             cur = (got[0], _state_dec.decode(got[1]))
                     call_key = cur[0]
-                    touched[cid] = (call_key, evolve(cur[1], e.fact, seq))
-                execute(
+                inserted = execute(
                     _INSERT_EVENT,
                     (
-                        seq,
+                        next_seq,
                         e.received_at,
                         e.api,
                         e.event_type,
@@ -392,8 +387,17 @@ class Store:
                         e.fact_blob,
                         e.body,
                     ),
-                )
-                res.append(Appended(seq, False))
+                ).rowcount
+                if not inserted:  # the UNIQUE dkey: the same content is already logged
+                    found = execute("SELECT seq FROM events WHERE dkey = ?", (e.dkey,)).fetchone()
+                    res.append(Appended(found[0], True))
+                    continue
+                if cur is not None and cid is not None:
+                    if call_key == next_key:
+                        next_key += 1
+                    touched[cid] = (cur[0], evolve(cur[1], e.fact, next_seq))
+                res.append(Appended(next_seq, False))
+                next_seq += 1
             results.append(res)
         outcomes = self.outcomes
         for call_key, state in touched.values():
@@ -412,8 +416,8 @@ class Store:
                 r.detail,
                 r.content_type,
                 r.path,
-                len(r.body),
-                int(truncated),
+                len(r.body) if r.size is None else max(r.size, len(r.body)),
+                int(truncated or (r.size is not None and r.size > len(body))),
                 body,
             ),
         )
