@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -107,6 +108,12 @@ def _validate(s: Settings) -> Settings:
         )
     if not 0 <= s.server.port <= 65535:
         raise ConfigError(f"server.port must be 0-65535, got {s.server.port}")
+    if s.forward.url:
+        parts = urlsplit(s.forward.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"forward.url must be an http:// or https:// URL, got {s.forward.url!r}"
+            )
     if bool(s.ingest.username) != bool(s.ingest.password):
         raise ConfigError("ingest.username and ingest.password must be set together")
     return s
