@@ -234,6 +234,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_event(
             load_then_kill(server, acked, delay, seed + round_no)
         finally:
             finish(server)
+        print(when, len(acked.rows) - before)
         assert not acked.failures, f"{when}: {acked.failures[:5]}"
         assert len(acked.rows) > before, f"{when}: no event was acknowledged before the kill"
         # the crashed file as it is (hot WAL, no checkpoint): the CLI recovers it

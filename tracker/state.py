@@ -184,7 +184,10 @@ def fact_of(decoded: Decoded, seq: int | None = None) -> Fact:
         from_, to = ev.from_, ev.to
         if et == "incomingcall":
             inbound, start = True, t
-        if et == "answer" or ev.callState == "active":
+        # Bandwidth's incomingcall always says callState "active" (the call leg exists, it is
+        # not answered yet): only later events in that state are evidence of an answer, which
+        # is also what SPEC §4's own example shows (answeredAt 3 s after the incomingcall).
+        if et == "answer" or (ev.callState == "active" and et != "incomingcall"):
             answered, answer = True, t
         if et == "hangup":
             end_kind, end_t, late_ok = END_HARD, t, True
