@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tracker.events import decode_object
-from tracker.state import Fact, fact_of
 from tracker.store import Store
 
 # --------------------------------------------------------------------------------------------
@@ -30,13 +27,3 @@ def store(db_path: Path) -> Iterator[Store]:
         yield s
     finally:
         s.close()
-
-
-@pytest.fixture
-def fact() -> Callable[..., Fact]:
-    """``fact(payload_dict, seq=None)``: decode a callback payload and reduce it to a Fact."""
-
-    def make(obj: dict[str, Any], seq: int | None = None) -> Fact:
-        return fact_of(decode_object(obj), seq)
-
-    return make

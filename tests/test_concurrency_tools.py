@@ -248,3 +248,43 @@ def test_replay_export_and_backup_run_safely_while_the_server_takes_a_steady_str
         assert c.get("/readyz").status_code == 200
         assert c.get("/calls/pre-7").json()["outcome"] == "busy"
         assert c.post("/callbacks", content=b'{"eventType":"x","callId":"end"}').status_code == 200
+
+
+def test_a_replay_killed_midway_leaves_the_served_projection_intact(
+    server: Server, tmp_path: Path
+) -> None:
+    db = str(server.db)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+    stream = Stream(server.url)
+    stream.start()
+    try:
+        for delay in (0.35, 0.6, 0.85):  # while it builds the new table, or swaps it in
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tracker", "replay", "--db", db],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
+            time.sleep(delay)
+            proc.kill()
+            proc.wait(10)
+            done, _ = run_cli("replay", "--check", "--db", db)
+            assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+        done, _ = run_cli("replay", "--db", db)  # the next one completes
+        assert done.returncode == 0, done.stderr.decode()
+    finally:
+        stream.join()
+    assert not stream.failures, stream.failures[:5]
+    assert stream.slowest < SLOW_REQUEST, f"a client request took {stream.slowest:.2f}s"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    assert not [t for t in tables if t.startswith("calls_rebuild_")], tables
+    live = events_in(server.db)
+    assert all(live.get(seq) == body for seq, body in stream.acked.items())
+    done, _ = run_cli("replay", "--check", "--db", db)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    with server.client() as c:
+        assert c.get("/calls/pre-11").json()["outcome"] == "busy"

@@ -236,7 +236,9 @@ def test_another_field_of_the_wrong_type_names_that_field():
 
 @pytest.mark.parametrize(
     "name",
-    sorted(ev.V1_TYPES - {"transcription", "conference", "conference-playback", "conference-speak"}),
+    sorted(
+        ev.V1_TYPES - {"transcription", "conference", "conference-playback", "conference-speak"}
+    ),
 )
 def test_every_call_scoped_v1_type_requires_a_call_id(name):
     payload = v1(name)
@@ -452,7 +454,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -468,7 +472,9 @@ def _shuffled(value: Any, rnd: Any) -> Any:
 
 
 @settings(max_examples=200)
-@given(st.dictionaries(st.text(max_size=6).map("x-".__add__), json_values, max_size=6), st.randoms())
+@given(
+    st.dictionaries(st.text(max_size=6).map("x-".__add__), json_values, max_size=6), st.randoms()
+)
 def test_the_content_key_is_a_function_of_the_json_value(obj, rnd):
     obj = {**obj, "eventType": "whatever"}
     shuffled = _shuffled(obj, rnd)

@@ -60,8 +60,10 @@ def test_readme_and_config_toml_document_every_config_key():
     shipped = tomllib.loads((ROOT / "config.toml").read_text())
     for section, struct in SECTIONS.items():
         for key in struct.__struct_fields__:
-            assert f"`{section}.{key}`" in config or f"`{section}.{key}`," in config or (
-                f"{section}.{key}" in config
+            assert (
+                f"`{section}.{key}`" in config
+                or f"`{section}.{key}`," in config
+                or (f"{section}.{key}" in config)
             ), f"{section}.{key} missing from README"
             assert key in shipped[section], f"{section}.{key} missing from config.toml"
     assert "outcomes" in shipped
@@ -75,7 +77,13 @@ def test_config_toml_holds_the_built_in_defaults():
 def test_readme_session_shows_real_output_of_a_full_call():
     session = _section("A session")
     assert "SESSION" not in session
-    for needle in ('"seq":', '"duplicate":true', '"status":"ended"', '"outcome":"normal"', '"calls":'):
+    for needle in (
+        '"seq":',
+        '"duplicate":true',
+        '"status":"ended"',
+        '"outcome":"normal"',
+        '"calls":',
+    ):
         assert needle in session, needle
     for route in ("/callbacks", "/calls/c-abc", "/calls/c-abc/events", "/calls?", "/stats"):
         assert route in session, route

@@ -200,7 +200,14 @@ def test_a_transfer_complete_carries_a_cause_but_does_not_end_the_a_leg():
 
 def test_a_transfer_disconnect_ends_the_b_leg_and_keeps_its_parent():
     b_leg = view_of(
-        v2("transferAnswer", 5, call_id="c-B", parentCallId="c-A", startTime=at(3), answerTime=at(5)),
+        v2(
+            "transferAnswer",
+            5,
+            call_id="c-B",
+            parentCallId="c-A",
+            startTime=at(3),
+            answerTime=at(5),
+        ),
         v2(
             "transferDisconnect",
             60,
@@ -321,7 +328,7 @@ def test_the_seed_documents_hangup_example_ends_a_call_normally():
 def test_the_spec_example_gives_exactly_the_documented_state():
     numbers = {"from": "+13233326955", "to": "+13865245000"}
     facts = [
-        F(v1("incomingcall", 1, call_id="c-abc", **numbers), 17),
+        F(v1("incomingcall", 1, call_id="c-abc", callState="active", **numbers), 17),
         F(v1("answer", 4, call_id="c-abc", callState="active", **numbers), 30),
         F(v1("speak", 5, call_id="c-abc", callState="active", status="started"), 50),
         F(v1("gather", 30, call_id="c-abc", digits="1"), 70),
@@ -401,6 +408,14 @@ def test_v1_call_state_active_means_answered_at_its_time():
     v = view_of(v1("incomingcall", 1), v1("speak", 7, callState="active"))
     assert (v.status, v.answeredAt) == ("answered", at(7))
     assert view_of(v1("speak", 7, callState="started")).status == "started"
+
+
+def test_an_incomingcall_in_state_active_is_not_an_answer():
+    # Bandwidth sends every incomingcall with callState "active": the leg exists, unanswered
+    v = view_of(v1("incomingcall", 1, callState="active"))
+    assert (v.status, v.answeredAt, v.ringSeconds) == ("started", None, None)
+    v = view_of(v1("incomingcall", 1, callState="active"), v1("answer", 4, callState="active"))
+    assert (v.status, v.answeredAt, v.ringSeconds) == ("answered", at(4), 3.0)
 
 
 def test_api_is_v2_when_any_event_is_v2():
@@ -558,13 +573,17 @@ def wire_times(draw: st.DrawFn) -> Any:
         return MISSING
     if kind == "bad":
         return draw(st.sampled_from(["garbage", "2012-13-45T00:00:00Z", "15:55", "", "-"]))
-    dt = T0 + timedelta(seconds=draw(st.integers(0, 40)), milliseconds=draw(st.sampled_from([0, 636])))
+    dt = T0 + timedelta(
+        seconds=draw(st.integers(0, 40)), milliseconds=draw(st.sampled_from([0, 636]))
+    )
     style = draw(st.sampled_from(["ms", "plain", "utc", "minus3", "plus0530", "nanos"]))
     ms = f"{dt.microsecond // 1000:03d}"
     if style == "ms":
         return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms}Z"
     if style == "plain":
-        return f"{dt:%Y-%m-%dT%H:%M:%S}Z" if dt.microsecond == 0 else f"{dt:%Y-%m-%dT%H:%M:%S}.{ms}Z"
+        return (
+            f"{dt:%Y-%m-%dT%H:%M:%S}Z" if dt.microsecond == 0 else f"{dt:%Y-%m-%dT%H:%M:%S}.{ms}Z"
+        )
     if style == "utc":
         return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms}+00:00"
     if style == "minus3":
@@ -860,7 +879,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 json_objects = st.dictionaries(

@@ -145,7 +145,10 @@ def test_a_get_delivery_is_a_duplicate_of_a_post_of_the_same_string_fields(store
 def test_duplicates_inside_one_batch_are_recognised(store):
     e = entry(v1("answer", "c-1", 3))
     out = store.write_batch([[e, e], [e]])
-    assert [[(r.seq, r.duplicate) for r in g] for g in out] == [[(1, False), (1, True)], [(1, True)]]
+    assert [[(r.seq, r.duplicate) for r in g] for g in out] == [
+        [(1, False), (1, True)],
+        [(1, True)],
+    ]
     assert msgspec.json.decode(get_view(store.conn, "c-1"))["eventCount"] == 1
 
 
@@ -441,15 +444,30 @@ def test_a_rejected_body_is_kept_capped_with_a_truncated_flag(db_path):
     assert nxt is None
     big, small, binary = rows
     assert (big.body, big.size, big.truncated) == ('{"eventType":"ha', 22, True)
-    assert (big.status, big.error, big.detail) == (422, "invalid_event", "callId is required for hangup")
+    assert (big.status, big.error, big.detail) == (
+        422,
+        "invalid_event",
+        "callId is required for hangup",
+    )
     assert (big.contentType, big.path, big.receivedAt) == (
         "application/json",
         "/callbacks",
         "2023-11-14T22:13:20.000Z",
     )
-    assert (small.body, small.size, small.truncated, small.bodyEncoding) == ('{"a":1}', 7, False, "utf-8")
+    assert (small.body, small.size, small.truncated, small.bodyEncoding) == (
+        '{"a":1}',
+        7,
+        False,
+        "utf-8",
+    )
     assert binary.bodyEncoding == "base64"
     assert binary.status == 400
+
+
+def test_a_reject_of_an_oversized_body_records_its_full_size(store):
+    store.reject(reject(b'{"eventType":', status=413, error="too_large", size=5_000_000))
+    [row], _ = list_rejects(store.conn, 0, 10)
+    assert (row.body, row.size, row.truncated) == ('{"eventType":', 5_000_000, True)
 
 
 def test_rejects_are_paginated_by_id(store):

@@ -92,7 +92,7 @@ def make_entry(decoded: Decoded, body: bytes, fmt: str, received_at: int | None 
         dkey=prefix + decoded.key,
         api=2 if fact.v2 else 1,
         event_type=fact.event_type,
-        call_id=decoded.event.callId,
+        call_id=decoded.event.callId or None,  # an empty id names no call
         event_time=t,
         fact=fact,
         fact_blob=_fact_enc.encode(fact),
@@ -135,9 +135,16 @@ def connect(
         str(p), isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000
     )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if mode != "wal" and str(p) != ":memory:":
-        conn.execute("PRAGMA journal_mode = WAL")
+    deadline = time.monotonic() + busy_ms / 1000
+    while True:  # switching a new file to WAL takes a lock the busy timeout does not cover
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
     conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the indexes' hot pages in memory
     conn.execute("PRAGMA foreign_keys = OFF")
