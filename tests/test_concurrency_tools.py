@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -257,6 +258,7 @@ def test_a_replay_killed_midway_leaves_the_served_projection_intact(
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
     stream = Stream(server.url)
     stream.start()
+    codes = []
     try:
         for delay in (0.35, 0.6, 0.85):  # while it builds the new table, or swaps it in
             proc = subprocess.Popen(
@@ -267,13 +269,14 @@ def test_a_replay_killed_midway_leaves_the_served_projection_intact(
             )
             time.sleep(delay)
             proc.kill()
-            proc.wait(10)
+            codes.append(proc.wait(10))
             done, _ = run_cli("replay", "--check", "--db", db)
             assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
         done, _ = run_cli("replay", "--db", db)  # the next one completes
         assert done.returncode == 0, done.stderr.decode()
     finally:
         stream.join()
+    assert -signal.SIGKILL in codes, "every replay finished before it could be killed"
     assert not stream.failures, stream.failures[:5]
     assert stream.slowest < SLOW_REQUEST, f"a client request took {stream.slowest:.2f}s"
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)

@@ -214,7 +214,7 @@ def test_configured_outcomes_reach_the_projection(db_path):
 
 def test_a_failed_batch_writes_neither_events_nor_projection(store):
     good = entry(v1("answer", "c-1", 3))
-    bad = Entry(**{**{f: getattr(good, f) for f in Entry.__slots__}, "dkey": b"x", "body": None})
+    bad = Entry(**{**{f: getattr(good, f) for f in Entry._fields}, "dkey": b"x", "body": None})
     with pytest.raises(sqlite3.IntegrityError):
         store.write_batch([[good, bad]])
     assert store.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0

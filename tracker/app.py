@@ -290,6 +290,9 @@ class TrackerApp:
         self._changed: asyncio.Event | None = None
         self._closing = False
         self.sse_clients = 0
+        self._reads: dict[asyncio.Task[Any], float] = {}  # body reads in progress: deadlines
+        self._late: set[asyncio.Task[Any]] = set()  # reads the sweeper cancelled
+        self._sweeper: asyncio.Task[None] | None = None
         self.forwarder: Any = None
         ing = settings.ingest
         self.max_body = ing.max_body_bytes
@@ -351,11 +354,15 @@ class TrackerApp:
         self.reader = st.connect(s.path, busy_ms=s.busy_timeout_ms)
         self._changed = asyncio.Event()
         self._closing = False
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_reads())
 
     async def close(self) -> None:
         """Stop streams, commit everything queued, checkpoint, close."""
         self._closing = True
         self._notify()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self.forwarder is not None:
             await self.forwarder.close()
             self.forwarder = None
@@ -421,6 +428,16 @@ class TrackerApp:
 
     def _on_error(self) -> None:
         self.metrics.storage_errors += 1
+
+    async def _sweep_reads(self) -> None:
+        """Cancel body reads past their deadline (``ingest.body_timeout_seconds``)."""
+        while True:
+            await asyncio.sleep(min(0.5, self.body_timeout / 4))
+            now = time.monotonic()
+            for task, deadline in list(self._reads.items()):
+                if deadline < now and task not in self._late:
+                    self._late.add(task)
+                    task.cancel()
 
     def stopping(self) -> None:
         """The server is shutting down: end the live streams so connections can drain."""
@@ -586,23 +603,35 @@ class TrackerApp:
         chunks: list[bytes] = []
         size = 0
         more = True
+        # The deadline is kept by one sweeper task for all requests (an asyncio.timeout per
+        # request costs more than the rest of the read); the first receive is covered too, so
+        # a client that sends headers and then nothing is timed out.
+        task = asyncio.current_task()
+        reads = self._reads
+        if task is not None:
+            reads[task] = time.monotonic() + self.body_timeout
         try:
-            # the first receive too: a client that sends headers and then nothing is timed out
-            async with asyncio.timeout(self.body_timeout):
-                while more and size <= limit:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientGone()
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    chunks.append(chunk)
-                    more = message.get("more_body", False)
-        except TimeoutError:
+            while more and size <= limit:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        except asyncio.CancelledError:
+            if task is None or task not in self._late:
+                raise
+            self._late.discard(task)
+            task.uncancel()
             late = RequestTimeout(
                 f"the body did not arrive within {self.body_timeout:g} s (body_timeout_seconds)"
             )
             late.partial = b"".join(chunks)
             raise late from None
+        finally:
+            if task is not None:
+                reads.pop(task, None)
         if size > limit:
             err = TooLarge(f"the body exceeds {limit} bytes (max_body_bytes)")
             err.partial = await self._head(receive, chunks, more)

@@ -20,10 +20,10 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, groupby
+from itertools import chain, groupby, islice
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 from sqlite_utils import Database
@@ -42,6 +42,7 @@ from tracker.state import (
 )
 
 SCHEMA_VERSION: Final = 1
+CACHE_CALLS: Final = 20_000  # calls whose state the writer keeps in memory
 
 _fact_enc = msgspec.msgpack.Encoder()
 _fact_dec = msgspec.msgpack.Decoder(Fact)
@@ -68,9 +69,10 @@ def now_ms() -> int:
 # What the shell hands to the store
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One accepted event, ready to append: decoded once, on the caller's side."""
+class Entry(NamedTuple):
+    """One accepted event, ready to append: decoded once, on the caller's side.
+
+    (NamedTuples, not frozen dataclasses: these are built per event on the hot path.)"""
 
     dkey: bytes
     api: int
@@ -102,8 +104,7 @@ def make_entry(decoded: Decoded, body: bytes, fmt: str, received_at: int | None 
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Appended:
+class Appended(NamedTuple):
     seq: int
     duplicate: bool
 
@@ -312,6 +313,11 @@ class Store:
         self.busy_ms = busy_ms
         self.quarantine_max_bytes = quarantine_max_bytes
         self.conn = connect(self.path, synchronous=synchronous, busy_ms=busy_ms)
+        # The writer's cache of recently touched calls (call id -> (call_key, state)), so an
+        # event of an active call needs no SELECT. Valid while no other connection commits
+        # (checked with PRAGMA data_version at each write) and cleared on any failure.
+        self._cache: dict[str, tuple[int, CallState]] = {}
+        self._data_version = -1
         try:
             migrate(self.conn)
         except BaseException:
@@ -327,6 +333,7 @@ class Store:
         """Drop and reopen the write connection (after a read-only or I/O fault)."""
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
+        self._cache.clear()
         self.conn = connect(self.path, synchronous=self.synchronous, busy_ms=self.busy_ms)
         migrate(self.conn)
 
@@ -341,25 +348,41 @@ class Store:
         """
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
+        touched: dict[str, tuple[int, CallState]] = {}
         try:
-            out = self._append(conn, groups)
+            # another connection committed since our last commit: cached states may be stale
+            if conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
+                self._cache.clear()
+            out = self._append(conn, groups, touched)
             for r in rejects:
                 self._reject(conn, r)
             conn.execute("COMMIT")
         except BaseException:
+            self._cache.clear()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        cache = self._cache
+        for cid, item in touched.items():
+            cache.pop(cid, None)
+            cache[cid] = item  # most recently used last
+        if len(cache) > CACHE_CALLS:
+            for cid in list(islice(cache, len(cache) - CACHE_CALLS // 2)):
+                del cache[cid]
         return out
 
     def _append(
-        self, conn: sqlite3.Connection, groups: Sequence[Sequence[Entry]]
+        self,
+        conn: sqlite3.Connection,
+        groups: Sequence[Sequence[Entry]],
+        touched: dict[str, tuple[int, CallState]],
     ) -> list[list[Appended]]:
         row = conn.execute("SELECT max(seq) FROM events").fetchone()
         next_seq = (row[0] or 0) + 1
         row = conn.execute("SELECT max(call_key) FROM calls").fetchone()
         next_key = (row[0] or 0) + 1
-        touched: dict[str, tuple[int, CallState]] = {}
+        cache = self._cache
         results: list[list[Appended]] = []
         execute = conn.execute
         for group in groups:
@@ -369,7 +392,7 @@ class Store:
                 call_key = None
                 cur = None
                 if cid is not None:
-                    cur = touched.get(cid)
+                    cur = touched.get(cid) or cache.get(cid)
                     if cur is None:
                         got = execute(
                             "SELECT call_key, state FROM calls WHERE call_id = ?", (cid,)
@@ -451,7 +474,11 @@ class Store:
         it runs are folded in under the write lock just before the swap). With ``check``: compare
         with the current projection and return every differing call with its differing fields.
         """
-        return replay(self, check=check, progress=progress)
+        self._cache.clear()  # the swap rewrites calls through this very connection
+        try:
+            return replay(self, check=check, progress=progress)
+        finally:
+            self._cache.clear()
 
 
 # --------------------------------------------------------------------------------------------
