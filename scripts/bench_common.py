@@ -475,12 +475,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM (peak) of a live process, in kB."""
+    """VmRSS, VmHWM (peak), RssAnon, RssFile (kB) and Threads of a live process."""
     out: dict[str, int] = {}
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
                 out[key] = int(value.split()[0])
     return out
 
@@ -514,6 +514,17 @@ class Server:
 
     def hwm_mb(self) -> float:
         return proc_status(self.proc.pid).get("VmHWM", 0) / 1024
+
+    def memory(self) -> dict[str, float]:
+        """RSS, peak, anonymous and file-backed RSS in MB, and the thread count."""
+        st = proc_status(self.proc.pid)
+        return {
+            "rss_mb": st.get("VmRSS", 0) / 1024,
+            "hwm_mb": st.get("VmHWM", 0) / 1024,
+            "anon_mb": st.get("RssAnon", 0) / 1024,
+            "file_mb": st.get("RssFile", 0) / 1024,
+            "threads": st.get("Threads", 0),
+        }
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful: the tracker commits what is queued), SIGKILL after ``timeout``."""

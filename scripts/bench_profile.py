@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -92,7 +93,9 @@ class TimedConn:
         return getattr(self._conn, name)
 
 
-def micro(events: int, group: int) -> str:
+def micro(
+    events: int, group: int, *, autocheckpoint: int | None = None, drop: Sequence[str] = ()
+) -> str:
     """Microseconds per event for each stage of the ingest path, outside HTTP (one thread)."""
     import asyncio
 
@@ -106,6 +109,8 @@ def micro(events: int, group: int) -> str:
     bodies = bc.bodies_file(250_000).read_bytes().splitlines()[:events]
     n = len(bodies)
     out = [f"{n:,} events (benchmark bodies), groups of {group} per transaction; us per event"]
+    if autocheckpoint is not None or drop:
+        out.append(f"what-if: wal_autocheckpoint={autocheckpoint}, dropped indexes: {list(drop)}")
 
     def timed(label: str, fn: Any, count: int = n) -> Any:
         t0 = time.perf_counter()
@@ -144,17 +149,30 @@ def micro(events: int, group: int) -> str:
         if src is not None:
             bc.copy_db(src, db)
         store = tstore.Store(db)
+        for column in drop:  # what-if: the projection without these (column, last_seq) indexes
+            for (index,) in store.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'calls' "
+                "AND name GLOB ?",
+                (f"calls_{column}_*",),
+            ).fetchall():
+                store.conn.execute(f'DROP INDEX "{index}"')
+        if autocheckpoint is not None:
+            store.conn.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
+        wal = Path(f"{db}-wal")
         tc = TimedConn(store.conn)
         store.conn = tc  # type: ignore[assignment]
         t0 = time.perf_counter()
         for i in range(0, n, group):
             store.write_batch([entries[i : i + group]])
         total = time.perf_counter() - t0
+        wal_bytes = wal.stat().st_size if wal.exists() else 0
         store.conn = tc._conn
         store.close()
         bc.remove_db(db)
         sql = sum(tc.times.values())
         out.append(f"  {label}: write_batch total {1e6 * total / n:8.2f} us/event")
+        if autocheckpoint == 0:
+            out.append(f"    WAL written: {wal_bytes / n:,.0f} bytes/event")
         for key, secs in tc.times.most_common():
             out.append(f"    {key:<56} {1e6 * secs / n:8.2f}  ({tc.calls[key]:,} calls)")
         out.append(
@@ -210,9 +228,21 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--events", type=int, default=20_000, help="micro: events")
     parser.add_argument("--group", type=int, default=64, help="micro: events per commit")
+    parser.add_argument(
+        "--autocheckpoint", type=int, help="micro what-if: PRAGMA wal_autocheckpoint (0 = off)"
+    )
+    parser.add_argument(
+        "--drop-index",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="micro what-if: drop calls' (COLUMN, last_seq) index, e.g. from_number (repeat)",
+    )
     args = parser.parse_args()
     if args.what == "micro":
-        print(micro(args.events, args.group))
+        print(
+            micro(args.events, args.group, autocheckpoint=args.autocheckpoint, drop=args.drop_index)
+        )
         return 0
     if args.what == "summarize":
         print(summarize(Path(args.file), args.top))

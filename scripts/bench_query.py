@@ -93,6 +93,7 @@ def main() -> int:
         load0 = os.getloadavg()
         sides = [f"{name}-{ep}" for ep in endpoints for name in servers]
         results: dict[str, list[bc.WrkResult]] = {s: [] for s in sides}
+        memory: dict[str, list[dict[str, float]]] = {s: [] for s in sides if "tracker" in s}
         for i, side in bc.interleave(sides, args.runs):
             name, ep = side.split("-")
             bc.log(f"run {i + 1}/{args.runs}: {side}")
@@ -106,8 +107,9 @@ def main() -> int:
                     threads=args.threads,
                 )
             )
+            if name == "tracker":
+                memory[side].append(tracker.memory())
         load1 = os.getloadavg()
-        rss = tracker.rss_mb()
     finally:
         tracker.stop()
         if bare is not None:
@@ -167,7 +169,20 @@ def main() -> int:
     print()
     print(bc.table(["ratio (medians)", "value", "target", "verdict"], ratio_rows))
     print()
-    print(f"Tracker RSS after the query runs: {rss:.1f} MB")
+    mem_rows = []
+    for side, ms in memory.items():
+        mem_rows.append(
+            [
+                side,
+                " / ".join(f"{m['rss_mb']:,.0f}" for m in ms),
+                " / ".join(f"{m['anon_mb']:,.0f}" for m in ms),
+                f"{max(m['hwm_mb'] for m in ms):,.0f}",
+                max(int(m["threads"]) for m in ms),
+            ]
+        )
+    print("Tracker memory after each run (MB; the server stays up across runs, in run order):")
+    print()
+    print(bc.table(["after", "RSS", "of which anonymous", "peak RSS", "threads"], mem_rows))
     print()
     print(f"_{bc.load_note(load0, load1)}_")
     bc.save_results(
@@ -181,7 +196,7 @@ def main() -> int:
                 s: [r.__dict__ | {"seqs": 0, "raw": ""} for r in rs] for s, rs in results.items()
             },
             "summary": summary,
-            "rss_mb": rss,
+            "memory": memory,
         },
     )
     return 0 if not any(bad.values()) else 1

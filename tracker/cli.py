@@ -353,6 +353,9 @@ def _read_bodies(fh: IO[bytes]) -> Iterator[tuple[str, bytes, str | None]]:
             data = line + fh.read()
             try:
                 elements = msgspec.json.decode(data, type=list[msgspec.Raw])
+            except RecursionError:
+                yield "", data, "the file is not a valid JSON array: it is nested too deeply"
+                return
             except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as err:
                 yield "", data, f"the file is not a valid JSON array: {err}"
                 return
@@ -396,6 +399,9 @@ class _Importer:
                 decoded = decode_object(parse_json(body), raw=body)
             except (msgspec.DecodeError, UnicodeDecodeError) as err:
                 self.reject(where, body, 400, "invalid_json", f"the event is not valid JSON: {err}")
+            except RecursionError:
+                detail = "the event is not valid JSON: it is nested too deeply"
+                self.reject(where, body, 400, "invalid_json", detail)
             except InvalidEvent as err:
                 self.reject(where, body, 422, "invalid_event", str(err))
             else:
