@@ -740,6 +740,7 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     return {
+        "git": git_state(),
         "nproc": os.cpu_count(),
         "cpu": model,
         "python": sys.version.split()[0],
@@ -747,9 +748,27 @@ def machine() -> dict[str, Any]:
     }
 
 
+def git_state() -> str:
+    """``<commit>`` of the tree measured, ``+dirty`` when tracker/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "tracker"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return head + ("+dirty(tracker/)" if dirty else "")
+
+
 def load_note(before: Sequence[float], after: Sequence[float]) -> str:
     return (
-        f"load average (1/5/15 min) before: {before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f}, "
+        f"tracker at {git_state()}; load average (1/5/15 min) before: "
+        f"{before[0]:.2f}/{before[1]:.2f}/{before[2]:.2f}, "
         f"after: {after[0]:.2f}/{after[1]:.2f}/{after[2]:.2f} on {os.cpu_count()} CPUs"
     )
 

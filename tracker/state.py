@@ -530,16 +530,34 @@ def status_of(s: CallState) -> str:
     return "answered" if s.answered else "started"
 
 
+def outcome_for(s: CallState, outcomes: Mapping[str, str] | None = None) -> str | None:
+    """The call's outcome: null until it ended; from the hard end's cause, else the soft end."""
+    if s.hard is not None:
+        return outcome_of(s.hard[3], outcomes)
+    if s.soft is not None:
+        return "no_answer" if s.soft[2] == END_TIMEOUT else "error"
+    return None
+
+
+def direction_of(s: CallState) -> str | None:
+    if s.direction is not None:
+        return s.direction[2]
+    return "inbound" if s.inbound else None
+
+
 def view(s: CallState, outcomes: Mapping[str, str] | None = None) -> CallView:
     """Render the public state of a call. Total."""
+    return render(s, outcome_for(s, outcomes))
+
+
+def render(s: CallState, outcome: str | None) -> CallView:
+    """The public state with a given outcome (the one stored beside the state, on reads)."""
     end = ended_at(s)
-    cause = error = outcome = None
+    cause = error = None
     if s.hard is not None:
         cause, error = s.hard[3], s.hard[4]
-        outcome = outcome_of(cause, outcomes)
     elif s.soft is not None:
         error = s.soft[4]
-        outcome = "no_answer" if s.soft[2] == END_TIMEOUT else "error"
     anomalies = []
     if s.conflict:
         anomalies.append("conflicting_end")
@@ -547,15 +565,11 @@ def view(s: CallState, outcomes: Mapping[str, str] | None = None) -> CallView:
         anomalies.append("event_after_end")
     if s.time_bad:
         anomalies.append("unparseable_time")
-    if s.direction is not None:
-        direction: str | None = s.direction[2]
-    else:
-        direction = "inbound" if s.inbound else None
     return CallView(
         callId=s.call_id,
         api="v2" if s.v2 else "v1",
         status=status_of(s),
-        direction=direction,
+        direction=direction_of(s),
         from_=None if s.from_ is None else s.from_[2],
         to=None if s.to is None else s.to[2],
         startedAt=format_time(s.started),

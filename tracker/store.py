@@ -34,10 +34,14 @@ from tracker.state import (
     CallState,
     CallView,
     Fact,
+    direction_of,
     evolve,
     fact_of,
     fold_distinct,
     initial_state,
+    outcome_for,
+    render,
+    status_of,
     view,
 )
 
@@ -166,7 +170,6 @@ def _calls_columns() -> dict[str, Any]:
         "first_event_at": int,
         "last_seq": int,
         "state": bytes,
-        "view": bytes,
     }
 
 
@@ -254,33 +257,36 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def _row_of(state: CallState, outcomes: Mapping[str, str] | None) -> tuple[Any, ...]:
-    v = view(state, outcomes)
-    first = state.first[0] if state.first is not None else None
+    """The calls row of a state: its filter columns and the accumulator (rendered on reads)."""
     return (
         state.call_id,
-        v.status,
-        v.outcome,
-        v.cause,
-        v.direction,
-        v.from_,
-        v.to,
-        v.tag,
-        first,
+        status_of(state),
+        outcome_for(state, outcomes),
+        state.hard[3] if state.hard is not None else None,
+        direction_of(state),
+        state.from_[2] if state.from_ is not None else None,
+        state.to[2] if state.to is not None else None,
+        state.tag[2] if state.tag is not None else None,
+        state.first[0] if state.first is not None else None,
         state.last_seq,
         _state_enc.encode(state),
-        _json_enc.encode(v),
     )
+
+
+def render_row(state: bytes, outcome: str | None) -> bytes:
+    """A stored calls row as ``GET /calls/{callId}`` JSON (the stored outcome is kept)."""
+    return _json_enc.encode(render(_state_dec.decode(state), outcome))
 
 
 _UPSERT_CALL = """
 INSERT INTO calls (call_key, call_id, status, outcome, cause, direction, from_number, to_number,
-                   tag, first_event_at, last_seq, state, view)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   tag, first_event_at, last_seq, state)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(call_key) DO UPDATE SET
   status = excluded.status, outcome = excluded.outcome, cause = excluded.cause,
   direction = excluded.direction, from_number = excluded.from_number,
   to_number = excluded.to_number, tag = excluded.tag, first_event_at = excluded.first_event_at,
-  last_seq = excluded.last_seq, state = excluded.state, view = excluded.view
+  last_seq = excluded.last_seq, state = excluded.state
 """
 
 _INSERT_EVENT = """
@@ -519,7 +525,7 @@ def fold_call(conn: sqlite3.Connection, call_key: int) -> CallState | None:
 
 _INSERT_COLUMNS = (
     "call_key, call_id, status, outcome, cause, direction, from_number, to_number, tag,"
-    " first_event_at, last_seq, state, view"
+    " first_event_at, last_seq, state"
 )
 
 
@@ -554,14 +560,27 @@ def _check(
 ) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
     drift: list[tuple[str, dict[str, tuple[Any, Any]]]] = []
     seen: set[int] = set()
-    lookup = "SELECT view FROM calls WHERE call_key = ?"
+    lookup = f"SELECT {_INSERT_COLUMNS} FROM calls WHERE call_key = ?"
+    names = _INSERT_COLUMNS.replace(" ", "").split(",")
     for n, (call_key, state) in enumerate(_iter_calls(reader, max_seq), 1):
         seen.add(call_key)
         got = reader.execute(lookup, (call_key,)).fetchone()
+        want_row = (call_key, *_row_of(state, outcomes))
+        if got is not None and tuple(got) == want_row:
+            continue
         want = msgspec.json.decode(_json_enc.encode(view(state, outcomes)))
-        have = msgspec.json.decode(got[0]) if got else None
-        if have != want:
-            drift.append((state.call_id, _diff(have, want)))
+        if got is None:
+            drift.append((state.call_id, _diff(None, want)))
+            continue
+        try:
+            have = msgspec.json.decode(render_row(got[-1], got[3]))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            have = {}
+        diff = _diff(have, want)
+        for i, column in enumerate(names[:-1]):  # the filter columns beside the state
+            if got[i] != want_row[i]:
+                diff.setdefault(f"[{column}]", (got[i], want_row[i]))
+        drift.append((state.call_id, diff or {"[state]": ("differs", "as folded")}))
         if progress and n % 10000 == 0:
             progress(n, total)
     for call_key, call_id in reader.execute("SELECT call_key, call_id FROM calls"):
@@ -589,9 +608,7 @@ def _rebuild(
     existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     suffix = "b" if "calls_id_a" in existing else "a"
     name = f"calls_rebuild_{int(time.time() * 1000)}"
-    insert = (
-        f"INSERT INTO {name} ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    )
+    insert = f"INSERT INTO {name} ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     try:
         conn.execute("BEGIN IMMEDIATE")
         create_calls_table(db, name, suffix, indexes=False)
@@ -707,8 +724,8 @@ def _event_row(r: tuple[Any, ...]) -> EventRow:
 
 
 def get_view(conn: sqlite3.Connection, call_id: str) -> bytes | None:
-    row = conn.execute("SELECT view FROM calls WHERE call_id = ?", (call_id,)).fetchone()
-    return None if row is None else bytes(row[0])
+    row = conn.execute("SELECT state, outcome FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    return None if row is None else render_row(row[0], row[1])
 
 
 def call_events(conn: sqlite3.Connection, call_id: str) -> list[EventRow] | None:
@@ -755,7 +772,7 @@ def list_calls(
     if before_seq is not None:
         where.append("last_seq < ?")
         args.append(before_seq)
-    sql = "SELECT view, last_seq FROM calls"
+    sql = "SELECT state, outcome, last_seq FROM calls"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY last_seq DESC LIMIT ?"
@@ -763,7 +780,7 @@ def list_calls(
     rows = conn.execute(sql, args).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    return [bytes(r[0]) for r in rows], (rows[-1][1] if more and rows else None)
+    return [render_row(r[0], r[1]) for r in rows], (rows[-1][2] if more and rows else None)
 
 
 def stats(
@@ -839,8 +856,8 @@ def list_rejects(
 
 def iter_views(conn: sqlite3.Connection) -> Iterator[bytes]:
     """Every call's rendered view (``CallView`` JSON), lowest ``lastSeq`` first."""
-    for (v,) in conn.execute("SELECT view FROM calls ORDER BY last_seq"):
-        yield bytes(v)
+    for state, outcome in conn.execute("SELECT state, outcome FROM calls ORDER BY last_seq"):
+        yield render_row(state, outcome)
 
 
 def iter_events(conn: sqlite3.Connection, after: int = 0) -> Iterator[EventRow]:
