@@ -22,6 +22,7 @@ from tracker.state import (
     fold_distinct,
     initial_state,
     merge,
+    unit,
     view,
 )
 
@@ -787,6 +788,21 @@ def test_the_single_pass_fold_equals_evolving_one_event_at_a_time_in_any_order(f
     assert _evolve_all(order, CALL) == whole
     assert fold_distinct(((f, None) for f in order), CALL) == whole
     assert fold_distinct(((f, f.seq) for f in order), CALL) == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(facts_of_events, st.data())
+def test_joining_the_units_with_merge_in_any_order_equals_the_fold(facts, data):
+    # merge is written independently of fold_distinct (which evolve and replay use):
+    # the two implementations of the per-field rules must agree
+    distinct = [msgspec.structs.replace(f, seq=i) for i, f in enumerate(_distinct(facts), 1)]
+    order = data.draw(st.permutations(distinct))
+    joined = initial_state(CALL)
+    for i, f in enumerate(order):
+        before = fold(order[:i], CALL)
+        assert evolve(before, f) == merge(before, unit(f, CALL))
+        joined = merge(joined, unit(f, CALL))
+    assert joined == fold(distinct, CALL)
 
 
 @settings(max_examples=200, deadline=None)

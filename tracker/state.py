@@ -279,40 +279,7 @@ def _lo_soft(a: SoftEnd | None, b: SoftEnd | None) -> SoftEnd | None:
 
 def unit(fact: Fact, call_id: str = "", seq: int | None = None) -> CallState:
     """The state of a call that has seen exactly this one event (``seq`` overrides the fact's)."""
-    if seq is None:
-        seq = fact.seq
-    k = fact.key
-    t = fact.t
-    lo_t = BIG if t is None else t
-    hi_t = -BIG if t is None else t
-    hard: HardEnd | None = None
-    soft: SoftEnd | None = None
-    if fact.end_kind == END_HARD:
-        hard = (BIG if fact.end_t is None else fact.end_t, k, fact.end_t, fact.cause, fact.error)
-    elif fact.end_kind in (END_TIMEOUT, END_ERROR):
-        soft = (lo_t, k, fact.end_kind, fact.end_t, fact.error)
-    return CallState(
-        call_id=call_id,
-        v2=fact.v2,
-        inbound=fact.inbound,
-        direction=None if fact.direction is None else (lo_t, k, fact.direction),
-        started=fact.start,
-        answered=fact.answered,
-        answered_at=fact.answer if fact.answered or fact.answer is not None else None,
-        hard=hard,
-        soft=soft,
-        tag=None if fact.tag is None else (hi_t, k, fact.tag),
-        from_=None if fact.from_ is None else (lo_t, k, fact.from_),
-        to=None if fact.to is None else (lo_t, k, fact.to),
-        parent=None if fact.parent is None else (lo_t, k, fact.parent),
-        first=None if t is None else (t, k, fact.event_type),
-        last=None if t is None else (t, k, fact.event_type),
-        live_max=None if fact.late_ok else t,
-        time_bad=fact.time_bad,
-        count=1,
-        first_seq=seq,
-        last_seq=seq,
-    )
+    return fold_distinct([(fact, seq)], call_id)
 
 
 def merge(a: CallState, b: CallState) -> CallState:
@@ -346,8 +313,11 @@ def merge(a: CallState, b: CallState) -> CallState:
 
 
 def evolve(state: CallState, fact: Fact, seq: int | None = None) -> CallState:
-    """The state after one more *distinct* event (the store's UNIQUE key guarantees that)."""
-    return merge(state, unit(fact, state.call_id, seq))
+    """The state after one more *distinct* event (the store's UNIQUE key guarantees that).
+
+    Equal to ``merge(state, unit(fact))`` (property-tested), computed in one pass.
+    """
+    return fold_distinct([(fact, seq)], state.call_id, start=state)
 
 
 def fold(facts: Iterable[Fact], call_id: str = "") -> CallState:
@@ -364,19 +334,26 @@ def fold(facts: Iterable[Fact], call_id: str = "") -> CallState:
     return msgspec.structs.replace(state, first_seq=min(seqs), last_seq=max(seqs))
 
 
-def fold_distinct(pairs: Iterable[tuple[Fact, int | None]], call_id: str = "") -> CallState:
-    """:func:`fold` in one pass over *distinct* facts with their seqs (``None``: the fact's own).
+def fold_distinct(
+    pairs: Iterable[tuple[Fact, int | None]],
+    call_id: str = "",
+    start: CallState | None = None,
+) -> CallState:
+    """:func:`fold` in one pass over *distinct* facts with their seqs (``None``: the fact's own),
+    from ``start`` (default: the empty state).
 
-    The same per-field rules as :func:`merge`, kept in local variables instead of building a
-    state per event: this is what replay runs over millions of events. A property test checks
-    that it equals folding with :func:`evolve` in any order.
+    The per-field rules of each event, kept in local variables instead of building a state per
+    event: this is what replay runs over millions of events and the writer once per event.
+    Property tests check that it equals joining the events' units with :func:`merge`, in any
+    order and grouping.
     """
-    v2 = inbound = answered = conflict = time_bad = False
-    direction = from_ = to = parent = first = tag = last = None
-    hard: HardEnd | None = None
-    soft: SoftEnd | None = None
-    started = answered_at = live_max = first_seq = last_seq = None
-    count = 0
+    s = initial_state(call_id) if start is None else start
+    v2, inbound, answered, conflict, time_bad = s.v2, s.inbound, s.answered, s.conflict, s.time_bad
+    direction, from_, to, parent = s.direction, s.from_, s.to, s.parent
+    first, tag, last = s.first, s.tag, s.last
+    hard, soft = s.hard, s.soft
+    started, answered_at, live_max = s.started, s.answered_at, s.live_max
+    first_seq, last_seq, count = s.first_seq, s.last_seq, s.count
     for fact, seq in pairs:
         count += 1
         if seq is None:
@@ -450,7 +427,7 @@ def fold_distinct(pairs: Iterable[tuple[Fact, int | None]], call_id: str = "") -
             if not fact.late_ok and (live_max is None or t > live_max):
                 live_max = t
     return CallState(
-        call_id=call_id,
+        call_id=s.call_id or call_id,
         v2=v2,
         inbound=inbound,
         direction=direction,
