@@ -100,6 +100,10 @@ def main() -> None:
         print(f"gen_db: {path} exists (cached); --force rebuilds it")
         return
     info = build(path, args.events, args.calls, group=args.group)
+    if args.out is None:  # the same size cached for an older stored format is stale now
+        for stale in path.parent.glob(f"tracker-{args.events}e-{args.calls}c-*.db"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
     print(
         f"gen_db: {info['events']:,} events, {info['calls']:,} calls in {info['seconds']}s "
         f"-> {info['path']} ({info['bytes'] / 1e6:.0f} MB)"

@@ -324,6 +324,7 @@ class Store:
         # (checked with PRAGMA data_version at each write) and cleared on any failure.
         self._cache: dict[str, tuple[int, CallState]] = {}
         self._data_version = -1
+        self._next: tuple[int, int] | None = None  # next seq and call_key, under the same rule
         try:
             migrate(self.conn)
         except BaseException:
@@ -340,6 +341,7 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
         self._cache.clear()
+        self._next = None
         self.conn = connect(self.path, synchronous=self.synchronous, busy_ms=self.busy_ms)
         migrate(self.conn)
 
@@ -359,12 +361,14 @@ class Store:
             # another connection committed since our last commit: cached states may be stale
             if conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
                 self._cache.clear()
+                self._next = None
             out = self._append(conn, groups, touched)
             for r in rejects:
                 self._reject(conn, r)
             conn.execute("COMMIT")
         except BaseException:
             self._cache.clear()
+            self._next = None
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
@@ -384,10 +388,13 @@ class Store:
         groups: Sequence[Sequence[Entry]],
         touched: dict[str, tuple[int, CallState]],
     ) -> list[list[Appended]]:
-        row = conn.execute("SELECT max(seq) FROM events").fetchone()
-        next_seq = (row[0] or 0) + 1
-        row = conn.execute("SELECT max(call_key) FROM calls").fetchone()
-        next_key = (row[0] or 0) + 1
+        if self._next is None:  # else nobody else wrote since our last commit
+            row = conn.execute("SELECT max(seq) FROM events").fetchone()
+            next_seq = (row[0] or 0) + 1
+            row = conn.execute("SELECT max(call_key) FROM calls").fetchone()
+            next_key = (row[0] or 0) + 1
+        else:
+            next_seq, next_key = self._next
         cache = self._cache
         results: list[list[Appended]] = []
         execute = conn.execute
@@ -435,6 +442,7 @@ class Store:
                 res.append(Appended(next_seq, False))
                 next_seq += 1
             results.append(res)
+        self._next = (next_seq, next_key)  # kept only if the commit succeeds (see write_batch)
         outcomes = self.outcomes
         for call_key, state in touched.values():
             execute(_UPSERT_CALL, (call_key, *_row_of(state, outcomes)))
@@ -481,6 +489,7 @@ class Store:
         with the current projection and return every differing call with its differing fields.
         """
         self._cache.clear()  # the swap rewrites calls through this very connection
+        self._next = None
         try:
             return replay(self, check=check, progress=progress)
         finally:

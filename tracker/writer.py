@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracker.errors import StorageUnavailable
-from tracker.store import Appended, Entry, Reject, Store
+from tracker.store import Appended, Entry, Reject, Store, connect
 
 
 @dataclass(slots=True)
@@ -32,6 +32,7 @@ class _Job:
 
 
 _STOP = object()
+CHECKPOINT_SECONDS = 0.2  # how often the checkpointer copies committed WAL pages into the file
 
 
 def describe_storage_error(err: sqlite3.Error) -> str:
@@ -68,13 +69,36 @@ class Writer:
         self.on_error = on_error
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
+        self.commits = 0
         self.last_seq = store.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         self.healthy = True
         self.last_error: str | None = None
 
     def start(self) -> None:
+        # Checkpoints (copying the WAL into the database file, with an fsync) would otherwise run
+        # inside a commit of the writer every 1000 pages; a thread of their own keeps that work
+        # off the path of the requests that wait for the commit.
+        self.store.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="tracker-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
         self._thread = threading.Thread(target=self._run, name="tracker-writer", daemon=True)
         self._thread.start()
+
+    def _checkpoint_loop(self) -> None:
+        conn = connect(self.store.path, busy_ms=self.store.busy_ms)
+        seen = 0
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
+                if self.commits != seen:
+                    seen = self.commits
+                    with contextlib.suppress(sqlite3.Error):  # busy or faulty: next time
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     async def submit(
         self, entries: Sequence[Entry], rejects: Sequence[Reject] = ()
@@ -91,6 +115,10 @@ class Writer:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            self._checkpointer.join()
+            self._checkpointer = None
         self.store.close()
 
     # -- the thread ----------------------------------------------------------------------------
@@ -136,6 +164,7 @@ class Writer:
             return
         self.healthy = True
         self.last_error = None
+        self.commits += 1
         elapsed = time.perf_counter() - t0
         for res in results:
             for a in res:
