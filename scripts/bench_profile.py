@@ -94,7 +94,12 @@ class TimedConn:
 
 
 def micro(
-    events: int, group: int, *, autocheckpoint: int | None = None, drop: Sequence[str] = ()
+    events: int,
+    group: int,
+    *,
+    autocheckpoint: int | None = None,
+    drop: Sequence[str] = (),
+    lean_upsert: bool = False,
 ) -> str:
     """Microseconds per event for each stage of the ingest path, outside HTTP (one thread)."""
     import asyncio
@@ -109,8 +114,18 @@ def micro(
     bodies = bc.bodies_file(250_000).read_bytes().splitlines()[:events]
     n = len(bodies)
     out = [f"{n:,} events (benchmark bodies), groups of {group} per transaction; us per event"]
-    if autocheckpoint is not None or drop:
-        out.append(f"what-if: wal_autocheckpoint={autocheckpoint}, dropped indexes: {list(drop)}")
+    if lean_upsert:  # what-if: SET only what changes on most events (not a correct upsert)
+        sql = tstore._UPSERT_CALL
+        head, _, _ = sql.partition("DO UPDATE SET")
+        tstore._UPSERT_CALL = (
+            head + "DO UPDATE SET status = excluded.status, outcome = excluded.outcome, "
+            "cause = excluded.cause, last_seq = excluded.last_seq, state = excluded.state"
+        )
+    if autocheckpoint is not None or drop or lean_upsert:
+        out.append(
+            f"what-if: wal_autocheckpoint={autocheckpoint}, dropped indexes: {list(drop)}, "
+            f"upsert without direction/from/to/tag/first_event_at in SET: {lean_upsert}"
+        )
 
     def timed(label: str, fn: Any, count: int = n) -> Any:
         t0 = time.perf_counter()
@@ -232,6 +247,11 @@ def main() -> int:
         "--autocheckpoint", type=int, help="micro what-if: PRAGMA wal_autocheckpoint (0 = off)"
     )
     parser.add_argument(
+        "--lean-upsert",
+        action="store_true",
+        help="micro what-if: the calls upsert SETs only status/outcome/cause/last_seq/state",
+    )
+    parser.add_argument(
         "--drop-index",
         action="append",
         default=[],
@@ -241,7 +261,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.what == "micro":
         print(
-            micro(args.events, args.group, autocheckpoint=args.autocheckpoint, drop=args.drop_index)
+            micro(
+                args.events,
+                args.group,
+                autocheckpoint=args.autocheckpoint,
+                drop=args.drop_index,
+                lean_upsert=args.lean_upsert,
+            )
         )
         return 0
     if args.what == "summarize":

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -25,7 +26,6 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 import msgspec
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -274,6 +274,7 @@ def _query(request: Request) -> dict[str, str]:
 
 
 MAX_SEQ = (1 << 63) - 1
+READ_THREADS = 2
 
 
 class TrackerApp:
@@ -293,6 +294,10 @@ class TrackerApp:
         self._reads: dict[asyncio.Task[Any], float] = {}  # body reads in progress: deadlines
         self._late: set[asyncio.Task[Any]] = set()  # reads the sweeper cancelled
         self._sweeper: asyncio.Task[None] | None = None
+        # Reads that scan (lists, timelines, stats, the event log) run here, each thread with a
+        # connection of its own. Two threads, not AnyIO's forty: more threads only queue up for
+        # the GIL on every row and each holds its own page cache (measured, BENCHMARKS.md).
+        self._read_pool = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="read")
         self.forwarder: Any = None
         ing = settings.ingest
         self.max_body = ing.max_body_bytes
@@ -464,7 +469,8 @@ class TrackerApp:
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         if self.writer is None:
             raise StorageUnavailable("the service is not started (lifespan not run)")
-        return await run_in_threadpool(lambda: fn(self._read_conn()))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_pool, lambda: fn(self._read_conn()))
 
     # -- ASGI ------------------------------------------------------------------------------------
 
@@ -792,7 +798,9 @@ class TrackerApp:
         writer = self.writer
         if writer is None:
             raise StorageUnavailable("the service is not started (lifespan not run)")
-        ok, detail = await run_in_threadpool(self._writable)
+        ok, detail = await asyncio.get_running_loop().run_in_executor(
+            self._read_pool, self._writable
+        )
         if not ok:
             raise StorageUnavailable(detail)
         return Response(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final, Literal
 
@@ -487,23 +487,32 @@ def parse_time(value: Any) -> int | None:
 
 
 _MILLIS: Final = tuple(f".{i:03d}Z" for i in range(1000))
+_CLOCK: Final = tuple(f"T{m // 60:02d}:{m % 60:02d}:" for m in range(1440))  # by minute of day
+_SECONDS: Final = tuple(f"{i:02d}" for i in range(60))
+_EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
 
 
-@lru_cache(maxsize=8192)
-def _second(sec: int) -> str | None:
+@lru_cache(maxsize=4096)
+def _day(days: int) -> str | None:
+    """``YYYY-MM-DD`` of a day number since 1970-01-01 (``None`` outside years 1-9999)."""
     try:
-        dt = datetime.fromtimestamp(sec, UTC)
-    except (OverflowError, OSError, ValueError):
+        d = date.fromordinal(_EPOCH_DAY + days)
+    except (OverflowError, ValueError):
         return None
-    return (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    )
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
 
 
 def format_time(ms: int | None) -> str | None:
-    """UTC epoch milliseconds to ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (``None`` when out of range)."""
+    """UTC epoch milliseconds to ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (``None`` when out of range).
+
+    Table lookups, not strftime: views render several times per call on every read.
+    """
     if ms is None:
         return None
     sec, milli = divmod(ms, 1000)
-    head = _second(sec)
-    return None if head is None else head + _MILLIS[milli]
+    days, sec = divmod(sec, 86400)
+    head = _day(days)
+    if head is None:
+        return None
+    minute, sec = divmod(sec, 60)
+    return head + _CLOCK[minute] + _SECONDS[sec] + _MILLIS[milli]

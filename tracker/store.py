@@ -151,7 +151,8 @@ def connect(
                 raise
             time.sleep(0.01)
     conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
-    conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keeps the indexes' hot pages in memory
+    # 16 MiB a connection: the hot index pages fit; more only grows RSS (measured, BENCHMARKS.md)
+    conn.execute("PRAGMA cache_size = -16384")
     conn.execute("PRAGMA foreign_keys = OFF")
     return conn
 
@@ -278,16 +279,22 @@ def render_row(state: bytes, outcome: str | None) -> bytes:
     return _json_enc.encode(render(_state_dec.decode(state), outcome))
 
 
-_UPSERT_CALL = """
-INSERT INTO calls (call_key, call_id, status, outcome, cause, direction, from_number, to_number,
-                   tag, first_event_at, last_seq, state)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(call_key) DO UPDATE SET
-  status = excluded.status, outcome = excluded.outcome, cause = excluded.cause,
-  direction = excluded.direction, from_number = excluded.from_number,
-  to_number = excluded.to_number, tag = excluded.tag, first_event_at = excluded.first_event_at,
-  last_seq = excluded.last_seq, state = excluded.state
-"""
+_CALL_COLUMNS = (
+    "call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at,"
+    " last_seq, state"
+)
+_SELECT_CALL = f"SELECT call_key, {_CALL_COLUMNS} FROM calls WHERE call_id = ?"
+_INSERT_CALL = f"INSERT INTO calls (call_key, {_CALL_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+_UPDATE_CALL = (
+    "UPDATE calls SET status = ?, outcome = ?, cause = ?, direction = ?, from_number = ?,"
+    " to_number = ?, tag = ?, first_event_at = ?, last_seq = ?, state = ? WHERE call_key = ?"
+)
+_UPDATE_CALL_LEAN = (
+    "UPDATE calls SET status = ?, outcome = ?, cause = ?, last_seq = ?, state = ?"
+    " WHERE call_key = ?"
+)
+# (call_key, state, the row as last committed or None for a call not yet in the table)
+_Call = tuple[int, CallState, tuple[Any, ...] | None]
 
 _INSERT_EVENT = """
 INSERT INTO events (seq, received_at, api, event_type, call_id, call_key, event_time, dkey, fmt,
@@ -322,7 +329,7 @@ class Store:
         # The writer's cache of recently touched calls (call id -> (call_key, state)), so an
         # event of an active call needs no SELECT. Valid while no other connection commits
         # (checked with PRAGMA data_version at each write) and cleared on any failure.
-        self._cache: dict[str, tuple[int, CallState]] = {}
+        self._cache: dict[str, _Call] = {}
         self._data_version = -1
         self._next: tuple[int, int] | None = None  # next seq and call_key, under the same rule
         try:
@@ -356,7 +363,7 @@ class Store:
         """
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
-        touched: dict[str, tuple[int, CallState]] = {}
+        touched: dict[str, _Call] = {}
         try:
             # another connection committed since our last commit: cached states may be stale
             if conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
@@ -386,7 +393,7 @@ class Store:
         self,
         conn: sqlite3.Connection,
         groups: Sequence[Sequence[Entry]],
-        touched: dict[str, tuple[int, CallState]],
+        touched: dict[str, _Call],
     ) -> list[list[Appended]]:
         if self._next is None:  # else nobody else wrote since our last commit
             row = conn.execute("SELECT max(seq) FROM events").fetchone()
@@ -407,13 +414,11 @@ class Store:
                 if cid is not None:
                     cur = touched.get(cid) or cache.get(cid)
                     if cur is None:
-                        got = execute(
-                            "SELECT call_key, state FROM calls WHERE call_id = ?", (cid,)
-                        ).fetchone()
+                        got = execute(_SELECT_CALL, (cid,)).fetchone()
                         if got is None:
-                            cur = (next_key, initial_state(cid))
+                            cur = (next_key, initial_state(cid), None)
                         else:
-                            cur = (got[0], _state_dec.decode(got[1]))
+                            cur = (got[0], _state_dec.decode(got[-1]), tuple(got[1:]))
                     call_key = cur[0]
                 inserted = execute(
                     _INSERT_EVENT,
@@ -438,14 +443,23 @@ class Store:
                 if cur is not None and cid is not None:
                     if call_key == next_key:
                         next_key += 1
-                    touched[cid] = (cur[0], evolve(cur[1], e.fact, next_seq))
+                    touched[cid] = (cur[0], evolve(cur[1], e.fact, next_seq), cur[2])
                 res.append(Appended(next_seq, False))
                 next_seq += 1
             results.append(res)
         self._next = (next_seq, next_key)  # kept only if the commit succeeds (see write_batch)
         outcomes = self.outcomes
-        for call_key, state in touched.values():
-            execute(_UPSERT_CALL, (call_key, *_row_of(state, outcomes)))
+        for cid, (call_key, state, before) in touched.items():
+            row = _row_of(state, outcomes)
+            if before is None:
+                execute(_INSERT_CALL, (call_key, *row))
+            elif row[4:9] == before[4:9]:
+                # SQLite rewrites only the indexes of the columns a statement sets: leave out
+                # those that did not change (direction, numbers, tag, first event time)
+                execute(_UPDATE_CALL_LEAN, (*row[1:4], row[9], row[10], call_key))
+            else:
+                execute(_UPDATE_CALL, (*row[1:], call_key))
+            touched[cid] = (call_key, state, row)  # the row as committed, for the cache
         return results
 
     def _reject(self, conn: sqlite3.Connection, r: Reject) -> int:
@@ -532,10 +546,7 @@ def fold_call(conn: sqlite3.Connection, call_key: int) -> CallState | None:
     return None
 
 
-_INSERT_COLUMNS = (
-    "call_key, call_id, status, outcome, cause, direction, from_number, to_number, tag,"
-    " first_event_at, last_seq, state"
-)
+_INSERT_COLUMNS = "call_key, " + _CALL_COLUMNS
 
 
 def replay(
@@ -617,7 +628,7 @@ def _rebuild(
     existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     suffix = "b" if "calls_id_a" in existing else "a"
     name = f"calls_rebuild_{int(time.time() * 1000)}"
-    insert = f"INSERT INTO {name} ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    insert = _INSERT_CALL.replace("INTO calls", f"INTO {name}", 1)
     try:
         conn.execute("BEGIN IMMEDIATE")
         create_calls_table(db, name, suffix, indexes=False)
