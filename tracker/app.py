@@ -558,7 +558,7 @@ class TrackerApp:
             return
         except TrackerError as err:
             if err.status in QUARANTINED and writer is not None:
-                partial = getattr(err, "partial", None)
+                partial = err.partial
                 reject = st.Reject(
                     received_at=st.now_ms(),
                     status=err.status,
@@ -580,7 +580,7 @@ class TrackerApp:
             if (
                 self.forwarder is not None
                 and err.status in QUARANTINED
-                and getattr(err, "partial", None) is None
+                and err.partial is None
             ):
                 await self.forwarder.relay(scope, body, None, send, path)
                 return
