@@ -12,6 +12,7 @@ Everything is loopback only and bounded in time. Outputs go to ``bench-out/`` (g
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import heapq
@@ -943,3 +944,15 @@ def bare_ingest_run(
 def remove_db(db: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def wrk_parser(doc: str | None, smoke_help: str, warmup: float = 1.0) -> argparse.ArgumentParser:
+    """The options every wrk benchmark takes (runs, duration, warm-up, connections, threads)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--runs", type=int, default=5, help="measured runs per side (>= 5)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=float, default=warmup, help="seconds of warm-up per run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (2 CPUs: keep 1)")
+    return parser

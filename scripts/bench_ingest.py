@@ -21,7 +21,6 @@ Targets (same run): tracker >= 0.80x bare req/s and p99 <= 2x bare p99; full >= 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any
@@ -30,13 +29,7 @@ import bench_common as bc
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="one short run per side")
-    parser.add_argument("--runs", type=int, default=5, help="measured runs per side (>= 5)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per run")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (2 CPUs: keep 1)")
+    parser = bc.wrk_parser(__doc__, "one short run per side")
     parser.add_argument("--bodies", type=int, default=250_000, help="unique bodies in the file")
     parser.add_argument(
         "--synchronous",

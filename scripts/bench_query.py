@@ -19,7 +19,6 @@ Target: by id >= 0.80x the constant-JSON route's req/s (the list has no target: 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 import sys
@@ -30,13 +29,7 @@ import bench_common as bc
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny database, one short run")
-    parser.add_argument("--runs", type=int, default=5, help="measured runs per side (>= 5)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per side")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (2 CPUs: keep 1)")
+    parser = bc.wrk_parser(__doc__, "tiny database, one short run", warmup=2.0)
     parser.add_argument("--events", type=int, default=bc.DB_EVENTS)
     parser.add_argument("--calls", type=int, default=bc.DB_CALLS)
     parser.add_argument("--outcome", default="busy", help="the list filter (outcome=...)")

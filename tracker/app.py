@@ -577,11 +577,7 @@ class TrackerApp:
             # A refused body is still the application's to answer, but only a whole one: a
             # body cut short (408, 413 over the size limit), a wrong method or a storage
             # failure is answered here.
-            if (
-                self.forwarder is not None
-                and err.status in QUARANTINED
-                and err.partial is None
-            ):
+            if self.forwarder is not None and err.status in QUARANTINED and err.partial is None:
                 await self.forwarder.relay(scope, body, None, send, path)
                 return
             await send_error(send, err, close=err.status in (408, 413), allow=b"GET, POST")
