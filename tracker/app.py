@@ -439,6 +439,8 @@ class TrackerApp:
         while True:
             await asyncio.sleep(min(0.5, self.body_timeout / 4))
             now = time.monotonic()
+            if self._late:  # a cancel that landed after the read finished: forget it
+                self._late = {t for t in self._late if not t.done()}
             for task, deadline in list(self._reads.items()):
                 if deadline < now and task not in self._late:
                     self._late.add(task)
