@@ -73,12 +73,25 @@ def error_body(err: TrackerError) -> bytes:
     return _json.encode({"error": err.code, "detail": err.detail})
 
 
-def error_response(err: TrackerError) -> Response:
-    """The one table from errors to HTTP: status and code come from the error class."""
-    headers = {}
+def error_headers(
+    err: TrackerError, *, allow: bytes | None = None, close: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """The headers an error carries besides its JSON body (both renderings below use these)."""
+    headers = []
     if isinstance(err, Unauthorized):
-        headers["WWW-Authenticate"] = err.challenge
-    return Response(error_body(err), err.status, headers, media_type="application/json")
+        headers.append((b"www-authenticate", err.challenge.encode()))
+    if allow is not None and isinstance(err, MethodNotAllowed):
+        headers.append((b"allow", allow))  # a 405 must name the allowed methods (RFC 9110)
+    if close:
+        headers.append((b"connection", b"close"))
+    return headers
+
+
+def error_response(err: TrackerError, *, allow: bytes | None = None) -> Response:
+    """The one table from errors to HTTP: status and code come from the error class."""
+    response = Response(error_body(err), err.status, media_type="application/json")
+    response.raw_headers.extend(error_headers(err, allow=allow))
+    return response
 
 
 async def send_bytes(
@@ -97,13 +110,8 @@ async def send_bytes(
 async def send_error(
     send: Send, err: TrackerError, close: bool = False, allow: bytes | None = None
 ) -> None:
-    headers = list(JSON_HEADERS)
-    if isinstance(err, Unauthorized):
-        headers.append((b"www-authenticate", err.challenge.encode()))
-    if allow is not None and isinstance(err, MethodNotAllowed):
-        headers.append((b"allow", allow))  # a 405 must name the allowed methods (RFC 9110)
-    if close:
-        headers.append((b"connection", b"close"))
+    """:func:`error_response` for the raw ASGI paths."""
+    headers = [*JSON_HEADERS, *error_headers(err, allow=allow, close=close)]
     await send_bytes(send, err.status, error_body(err), headers)
 
 
@@ -156,12 +164,13 @@ def _content_kind(content_type: bytes, body: bytes) -> str:
     )
 
 
-def _fields(raw: bytes, what: str) -> dict[str, str]:
+def _fields(raw: bytes) -> dict[str, str] | None:
+    """Form or query-string fields (the last of repeated keys wins); ``None`` when not valid
+    UTF-8 percent-encoding. Ingest and the query routes refuse that with their own errors."""
     try:
-        text = raw.decode("ascii")
-        return dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+        return dict(parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict"))
     except (UnicodeDecodeError, ValueError):
-        raise InvalidJson(f"the {what} is not valid UTF-8 percent-encoding") from None
+        return None
 
 
 def parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entry], bool]:
@@ -178,7 +187,10 @@ def parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entry
 def _parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entry], bool]:
     now = st.now_ms()
     if kind != "json":
-        fields = _fields(body, "query string" if kind == "query" else "form body")
+        fields = _fields(body)
+        if fields is None:
+            what = "query string" if kind == "query" else "form body"
+            raise InvalidJson(f"the {what} is not valid UTF-8 percent-encoding")
         try:
             decoded = decode_object(fields, lenient=True)
         except InvalidEvent as err:
@@ -261,16 +273,10 @@ def _only(params: Mapping[str, str], allowed: set[str]) -> None:
 
 
 def _query(request: Request) -> dict[str, str]:
-    try:
-        return dict(
-            parse_qsl(
-                request.scope["query_string"].decode("ascii"),
-                keep_blank_values=True,
-                errors="strict",
-            )
-        )
-    except (UnicodeDecodeError, ValueError):
-        raise BadParameter("the query string is not valid UTF-8 percent-encoding") from None
+    fields = _fields(request.scope["query_string"])
+    if fields is None:
+        raise BadParameter("the query string is not valid UTF-8 percent-encoding")
+    return fields
 
 
 MAX_SEQ = (1 << 63) - 1
@@ -765,9 +771,7 @@ class TrackerApp:
                 if rows:
                     parts = []
                     for row in rows:
-                        data = _json.encode(row)
-                        if b"\n" in data or b"\r" in data:  # a pretty-printed body: one line
-                            data = msgspec.json.format(data, indent=-1)
+                        data = _json.encode(st.one_line(row))
                         parts.append(b"id: %d\nevent: callback\ndata: %s\n\n" % (row.seq, data))
                         last = row.seq
                     yield b"".join(parts)
@@ -851,11 +855,11 @@ class TrackerApp:
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.url.path}"))
         if exc.status_code == 405:
-            response = error_response(
-                MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            allow = (exc.headers or {}).get("Allow")  # Starlette names the allowed methods
+            return error_response(
+                MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"),
+                allow=None if allow is None else allow.encode(),
             )
-            response.headers.update(exc.headers or {})  # Starlette's Allow header
-            return response
         return Response(
             _json.encode({"error": "http_error", "detail": str(exc.detail)}),
             exc.status_code,

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from tracker.config import Settings
-    from tracker.store import EventRow, Store
+    from tracker.store import Store
 
 EXIT_OK: Final = 0
 EXIT_DATA: Final = 1
@@ -487,29 +487,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 # export
 
 
-def _compact(row: EventRow) -> EventRow:
-    """One line per event: payloads received pretty-printed are re-emitted without newlines
-    (tokens untouched); form payloads that are not valid UTF-8 get U+FFFD replacements."""
-    payload = row.payload
-    if isinstance(payload, msgspec.Raw):
-        raw = bytes(payload)
-        if b"\n" in raw or b"\r" in raw:
-            return msgspec.structs.replace(
-                row, payload=msgspec.Raw(msgspec.json.format(raw, indent=-1))
-            )
-        return row
-    if isinstance(payload, dict):
-        clean = {_scrub(k): _scrub(v) for k, v in payload.items()}
-        return msgspec.structs.replace(row, payload=clean)
-    return row
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return value
-
-
 def _cell(value: Any) -> str:
     """A CSV cell: null is empty, lists are ``;``-joined, anything else its JSON text."""
     if value is None:
@@ -545,21 +522,20 @@ def _export_calls(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: 
 
 
 def _export_events(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: _Progress) -> int:
-    from tracker.store import EventRow, iter_events
+    from tracker.store import EventRow, iter_events, one_line
 
     n = 0
     encode = msgspec.json.Encoder().encode
     if fmt == "ndjson":
         for n, row in enumerate(iter_events(conn), 1):
-            out.write(encode(_compact(row)) + b"\n")
+            out.write(encode(one_line(row)) + b"\n")
             if n % 10_000 == 0:
                 progress(n)
         return n
     columns = [f.encode_name for f in msgspec.structs.fields(EventRow)]
     with _csv_writer(out) as writer:
         writer.writerow(columns)
-        for n, row in enumerate(iter_events(conn), 1):
-            r = _compact(row)
+        for n, r in enumerate(map(one_line, iter_events(conn)), 1):
             writer.writerow(
                 [
                     str(r.seq),

@@ -14,6 +14,7 @@ Tables (schema created and migrated with sqlite-utils; ``PRAGMA user_version`` i
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import sqlite3
 import struct
@@ -24,12 +25,13 @@ from itertools import chain, groupby, islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final, NamedTuple
+from urllib.parse import parse_qsl
 
 import msgspec
 from sqlite_utils import Database
 
 from tracker.errors import StorageUnavailable
-from tracker.events import Decoded
+from tracker.events import Decoded, format_time
 from tracker.state import (
     CallState,
     CallView,
@@ -720,10 +722,21 @@ def payload_of(fmt: str, body: bytes) -> Any:
     return form_fields(body)
 
 
+def one_line(row: EventRow) -> EventRow:
+    """The row with a pretty-printed JSON payload re-emitted without line breaks (tokens
+    untouched), for formats of one event per line: SSE frames, NDJSON export."""
+    payload = row.payload
+    if isinstance(payload, msgspec.Raw):
+        raw = bytes(payload)
+        if b"\n" in raw or b"\r" in raw:
+            return msgspec.structs.replace(
+                row, payload=msgspec.Raw(msgspec.json.format(raw, indent=-1))
+            )
+    return row
+
+
 def form_fields(body: bytes) -> dict[str, str]:
     """A form-encoded or query-string body as string fields (the last of repeated keys wins)."""
-    from urllib.parse import parse_qsl
-
     return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
@@ -731,8 +744,6 @@ _EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body"
 
 
 def _event_row(r: tuple[Any, ...]) -> EventRow:
-    from tracker.events import format_time
-
     return EventRow(
         seq=r[0],
         receivedAt=format_time(r[1]),
@@ -834,10 +845,6 @@ def stats(
 def list_rejects(
     conn: sqlite3.Connection, after: int, limit: int
 ) -> tuple[list[RejectRow], int | None]:
-    import base64
-
-    from tracker.events import format_time
-
     rows = conn.execute(
         "SELECT id, received_at, status, error, detail, content_type, path, size, truncated, body"
         " FROM rejects WHERE id > ? ORDER BY id LIMIT ?",
