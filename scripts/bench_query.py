@@ -14,6 +14,10 @@ be a 200.
     .venv/bin/python scripts/bench_query.py            # 5 runs x 10 s per side
     .venv/bin/python scripts/bench_query.py --smoke    # tiny database, a few seconds
 
+A third server, ``nolookup`` (scripts/whatif_serve.py constview), is ``tracker serve`` with the
+lookup and the rendering of ``GET /calls/{callId}`` switched off (it answers the same view for
+every id): the ceiling of the by-id route, i.e. what is left for SQLite and the render.
+
 Target: by id >= 0.80x the constant-JSON route's req/s (the list has no target: shown for scale).
 """
 
@@ -59,7 +63,7 @@ def main() -> int:
     page_paths.write_text("".join(p + "\n" for p in pages))
 
     tracker = bc.start_tracker(db)
-    bare = None
+    bare = nolookup = None
     try:
         # the bare routes answer real bodies of this database: the median-sized view, page one
         by_len = sorted(ids[:: max(1, len(ids) // 2000)], key=len)
@@ -69,11 +73,29 @@ def main() -> int:
         (work / "view.json").write_bytes(view)
         (work / "page.json").write_bytes(page)
         bare = bc.start_bare(view_file=work / "view.json", page_file=work / "page.json")
-        servers = {"bare": bare, "tracker": tracker}
+        nolookup = bc.start_server(
+            "nolookup",
+            [
+                bc.PY,
+                str(bc.SCRIPTS / "whatif_serve.py"),
+                "constview",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--db",
+                str(db),
+            ],
+            bc.clean_env(WHATIF_VIEW_FILE=str(work / "view.json")),
+        )
+        servers = {"bare": bare, "tracker": tracker, "nolookup": nolookup}
         endpoints = {"id": id_paths, "list": page_paths}
         if args.warmup > 0:
             for ep, paths in endpoints.items():
                 for name, srv in servers.items():
+                    if name == "nolookup" and ep != "id":
+                        continue
                     bc.log(f"warm-up: {name} {ep}")
                     bc.run_wrk(
                         srv.url,
@@ -84,9 +106,14 @@ def main() -> int:
                         threads=args.threads,
                     )
         load0 = os.getloadavg()
-        sides = [f"{name}-{ep}" for ep in endpoints for name in servers]
+        sides = [
+            f"{name}-{ep}"
+            for ep in endpoints
+            for name in servers
+            if not (name == "nolookup" and ep != "id")
+        ]
         results: dict[str, list[bc.WrkResult]] = {s: [] for s in sides}
-        memory: dict[str, list[dict[str, float]]] = {s: [] for s in sides if "tracker" in s}
+        memory: dict[str, list[dict[str, float]]] = {s: [] for s in sides if "tracker-" in s}
         for i, side in bc.interleave(sides, args.runs):
             name, ep = side.split("-")
             bc.log(f"run {i + 1}/{args.runs}: {side}")
@@ -105,8 +132,9 @@ def main() -> int:
         load1 = os.getloadavg()
     finally:
         tracker.stop()
-        if bare is not None:
-            bare.stop()
+        for srv in (bare, nolookup):
+            if srv is not None:
+                srv.stop()
 
     def col(side: str, attr: str) -> list[float]:
         return [getattr(r, attr) for r in results[side]]
@@ -148,6 +176,17 @@ def main() -> int:
             ]
         )
         ratio_rows.append([f"{what}: p99 tracker / bare", f"{p99:.1f}", "(none)", "-"])
+        if ep == "id":
+            ceiling = bc.med(col("nolookup-id", "rps")) / bc.med(col("bare-id", "rps"))
+            summary["id"]["nolookup_ratio"] = ceiling
+            ratio_rows.append(
+                [
+                    f"{what}: nolookup / bare (the ceiling: no SQLite, no render)",
+                    f"{ceiling:.2f}",
+                    "(none)",
+                    "-",
+                ]
+            )
     print(
         f"## Query: {len(ids):,} calls, {args.connections} connections, {args.duration:g} s x "
         f"{args.runs} runs per side (median (min-max))"

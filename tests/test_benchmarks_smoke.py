@@ -14,13 +14,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["bench_ingest.py", "bench_scale.py", "bench_replay.py", "bench_query.py"]
-NEEDS_WRK = {"bench_ingest.py", "bench_scale.py", "bench_query.py"}
+SCRIPTS = [
+    "bench_ingest.py",
+    "bench_scale.py",
+    "bench_replay.py",
+    "bench_query.py",
+    "bench_ceiling.py",
+]
+NEEDS_WRK = {"bench_ingest.py", "bench_scale.py", "bench_query.py", "bench_ceiling.py"}
 TITLES = {
     "bench_ingest.py": "## Ingest",
     "bench_scale.py": "## Footprint",
     "bench_replay.py": "## Replay",
     "bench_query.py": "## Query",
+    "bench_ceiling.py": "## Ingest ceilings",
 }
 
 

@@ -658,3 +658,22 @@ def test_the_store_file_is_created_with_its_directory(tmp_path: Path):
     s = Store(path)
     s.close()
     assert path.exists()
+
+
+def test_a_mapped_reader_sees_every_commit_before_and_after_checkpoints(store, db_path):
+    reader = connect(db_path, mmap=True)
+    try:
+        assert reader.execute("PRAGMA mmap_size").fetchone()[0] > 0
+        for i in range(40):  # enough pages that checkpoints move them into the mapped file
+            store.append([entry(e) for e in a_call(f"m-{i}", i)])
+            if i % 10 == 9:
+                store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            got = get_view(reader, f"m-{i}")
+            assert got is not None
+            assert msgspec.json.decode(got) == expected_view(store.conn, f"m-{i}")
+        store.append([entry(v1("hangup", "m-0", 200, cause="USER_BUSY"))])
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert views(reader) == views(store.conn)
+        assert msgspec.json.decode(get_view(reader, "m-0") or b"")["eventCount"] == 4
+    finally:
+        reader.close()

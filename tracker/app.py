@@ -362,7 +362,7 @@ class TrackerApp:
             on_error=self._on_error,
         )
         self.writer.start()
-        self.reader = st.connect(s.path, busy_ms=s.busy_timeout_ms)
+        self.reader = st.connect(s.path, busy_ms=s.busy_timeout_ms, mmap=True)
         self._changed = asyncio.Event()
         self._closing = False
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_reads())
@@ -467,7 +467,9 @@ class TrackerApp:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = st.connect(
-                self.settings.storage.path, busy_ms=self.settings.storage.busy_timeout_ms
+                self.settings.storage.path,
+                busy_ms=self.settings.storage.busy_timeout_ms,
+                mmap=True,
             )
             self._local.conn = conn
             with self._readers_lock:

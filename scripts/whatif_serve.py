@@ -1,0 +1,54 @@
+"""``tracker serve`` with parts of a request's path switched off: the benchmarks' ceilings.
+
+    .venv/bin/python scripts/whatif_serve.py nostore  serve --port 0 --db X.db
+    .venv/bin/python scripts/whatif_serve.py httponly serve --port 0 --db X.db
+    WHATIF_VIEW_FILE=view.json .venv/bin/python scripts/whatif_serve.py constview serve ...
+
+* ``nostore``: every request is read and parsed as usual (decode, validation, content key,
+  fact), but the writer answers at once with a made-up seq: no SQLite, no fold, no commit.
+* ``httponly``: the body is read, nothing is parsed or stored.
+* ``constview``: ``GET /calls/{callId}`` answers the bytes of ``$WHATIF_VIEW_FILE`` for every id,
+  without the SQLite lookup and the rendering (scripts/bench_query.py's ceiling).
+
+Never a way to run the service: it acknowledges events it does not keep. It exists to measure
+how much of the bare app's speed each stage of the real paths leaves (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tracker.app
+import tracker.cli
+import tracker.store
+import tracker.writer
+
+
+def main() -> int:
+    what, args = sys.argv[1], sys.argv[2:]
+    if what not in ("nostore", "httponly", "constview"):
+        sys.exit(f"unknown what-if {what!r}: nostore, httponly or constview")
+    if what == "constview":  # GET /calls/{id}: no lookup, no render; the body of a real call
+        view = Path(os.environ["WHATIF_VIEW_FILE"]).read_bytes()
+        tracker.store.get_view = lambda conn, call_id: view  # type: ignore[assignment]
+        return tracker.cli.main(args)
+
+    async def submit(self: Any, entries: Sequence[Any], rejects: Sequence[Any] = ()) -> Any:
+        return [tracker.store.Appended(0, False)] * len(entries)
+
+    tracker.writer.Writer.submit = submit  # type: ignore[method-assign]
+    if what == "httponly":
+
+        def parse_entries(body: bytes, kind: str, max_batch: int) -> Any:
+            return [None], False
+
+        tracker.app.parse_entries = parse_entries  # type: ignore[assignment]
+    return tracker.cli.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
