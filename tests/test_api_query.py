@@ -747,3 +747,19 @@ def test_every_calls_filter_query_is_answered_from_an_index(tmp_path: Path) -> N
             if filters:  # searched by one of the filter columns' indexes
                 columns = [st.FILTER_COLUMNS[name] for name in filters]
                 assert any(f"({c}=?" in p for p in plan for c in columns), (filters, plan)
+
+
+@pytest.mark.parametrize("mmap_mb", [0, 64])
+def test_reads_are_the_same_with_the_file_mapped_or_not(tmp_path: Path, mmap_mb: int) -> None:
+    storage = {"path": str(tmp_path / "t.db"), "read_mmap_mb": mmap_mb}
+    settings = load_settings(env={}, overrides={"storage": storage})
+    app = create_app(settings)
+    with TestClient(app) as c:
+        assert app.reader is not None
+        assert app.reader.execute("PRAGMA mmap_size").fetchone()[0] == mmap_mb << 20
+        for e in call_events(3, random.Random(mmap_mb)):
+            post(c, e)
+        calls = all_calls(c)
+        assert calls
+        for v in calls:
+            assert c.get(f"/calls/{quote(v['callId'], safe='')}").json() == v

@@ -529,3 +529,8 @@ def test_serve_on_port_0_prints_its_port_serves_and_exits_0_on_a_signal(
                 proc.kill()
                 proc.wait()
     assert (tmp_path / "s.db").exists()
+
+
+def test_a_negative_read_mmap_size_exits_2_naming_it(tmp_path: Path) -> None:
+    proc = run(tmp_path, "show", "c-1", env={"TRACKER_STORAGE_READ_MMAP_MB": "-1"})
+    assert proc.returncode == 2 and "storage.read_mmap_mb" in proc.stderr

@@ -245,9 +245,8 @@ def test_tricklers_do_not_hold_the_writer_and_get_408_with_their_partial_body_qu
         try:
             pos = 0
             while time.monotonic() - start < BODY_TIMEOUT + 3:
-                # Look for the answer before sending more: bytes sent after the server has
-                # answered and closed make it reset the connection, and Linux then drops the
-                # unread answer (a client that reads first sees it).
+                # Look for the answer before sending more (a client that does not is
+                # test_a_trickler_that_sends_more_after_its_deadline_still_reads_its_408).
                 try:
                     first = sock.recv(65536)
                 except TimeoutError:
@@ -322,6 +321,55 @@ def test_a_client_that_sends_headers_and_then_nothing_gets_408(serve: Any) -> No
     with server.client() as c:
         rows = rejects_after(c, mark)
     assert [(row["status"], row["body"]) for row in rows] == [(408, "")]
+
+
+def _send_body(sock: socket.socket, size: int) -> int:
+    """Send ``size`` body bytes flat out, as a client that writes its body before it reads."""
+    chunk = b"x" * 16384
+    sent = 0
+    while sent < size:
+        sent += sock.send(chunk[: size - sent])
+    return sent
+
+
+def test_a_client_still_uploading_an_oversized_body_gets_its_413_not_a_reset(
+    serve: Any,
+) -> None:
+    server = limited(serve)
+    size = 8 << 20  # far over max_body_bytes (and the quarantine's cap)
+    for _ in range(3):
+        sock = _raw_post_head(server.url, size)
+        sock.settimeout(5)
+        try:
+            # The server answers once it has the quarantine's cap; the client goes on sending.
+            # Were the connection closed with that unread, the reset would fail these sends
+            # and discard the answer before the client reads it.
+            assert _send_body(sock, size) == size
+            answer = _read_response(sock, time.monotonic() + 5)
+        finally:
+            sock.close()
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b'"error":"too_large"' in answer
+        assert b"connection: close" in answer.lower()
+
+
+def test_a_trickler_that_sends_more_after_its_deadline_still_reads_its_408(serve: Any) -> None:
+    server = limited(serve)
+    head = b'{"eventType":'
+    sock = _raw_post_head(server.url, MAX_BODY)
+    sock.settimeout(5)
+    try:
+        sock.sendall(head)
+        time.sleep(BODY_TIMEOUT + 1)  # the deadline passes: the server answers 408
+        rest = MAX_BODY - len(head)
+        for piece in range(10):  # and the client, unaware, goes on trickling the rest
+            sock.sendall(b" " * (rest // 10 + (rest % 10 if piece == 9 else 0)))
+            time.sleep(0.03)
+        answer = _read_response(sock, time.monotonic() + 5)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"body_timeout_seconds" in answer
 
 
 # --------------------------------------------------------------------------------------------

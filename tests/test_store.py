@@ -661,7 +661,7 @@ def test_the_store_file_is_created_with_its_directory(tmp_path: Path):
 
 
 def test_a_mapped_reader_sees_every_commit_before_and_after_checkpoints(store, db_path):
-    reader = connect(db_path, mmap=True)
+    reader = connect(db_path, mmap_mb=64)
     try:
         assert reader.execute("PRAGMA mmap_size").fetchone()[0] > 0
         for i in range(40):  # enough pages that checkpoints move them into the mapped file

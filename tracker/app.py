@@ -115,6 +115,39 @@ async def send_error(
     await send_bytes(send, err.status, error_body(err), headers)
 
 
+LINGER_SECONDS = 2.0  # how long a refused upload is still read (and dropped) before closing
+LINGER_BYTES = 64 << 20
+
+
+async def send_error_and_linger(send: Send, receive: Receive, err: TrackerError) -> None:
+    """Answer a request whose body we stopped reading, then close the connection gracefully.
+
+    Closing a socket that still has unread data makes the kernel reset the connection, and a
+    client that is still sending then loses the answer it was sent (the reset discards it). So,
+    like other HTTP/1.1 servers' "lingering close", the whole answer goes out first, then what
+    the client still sends is read and dropped for up to ``LINGER_SECONDS`` (or
+    ``LINGER_BYTES``) before the connection closes.
+    """
+    body = error_body(err)
+    headers = [*JSON_HEADERS, *error_headers(err, close=True)]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    dropped = 0
+    try:
+        async with asyncio.timeout(LINGER_SECONDS):
+            while dropped < LINGER_BYTES:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        pass
+    await send({"type": "http.response.body", "body": b""})
+
+
 def route_path(scope: Scope) -> str:
     """The path below ``root_path``. Servers (uvicorn ``--root-path``) and Starlette 1.x ``Mount``
     keep the full path in ``path`` and put the prefix in ``root_path``; a ``path`` that does not
@@ -362,7 +395,7 @@ class TrackerApp:
             on_error=self._on_error,
         )
         self.writer.start()
-        self.reader = st.connect(s.path, busy_ms=s.busy_timeout_ms, mmap=True)
+        self.reader = st.connect(s.path, busy_ms=s.busy_timeout_ms, mmap_mb=s.read_mmap_mb)
         self._changed = asyncio.Event()
         self._closing = False
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_reads())
@@ -469,7 +502,7 @@ class TrackerApp:
             conn = st.connect(
                 self.settings.storage.path,
                 busy_ms=self.settings.storage.busy_timeout_ms,
-                mmap=True,
+                mmap_mb=self.settings.storage.read_mmap_mb,
             )
             self._local.conn = conn
             with self._readers_lock:
@@ -589,6 +622,9 @@ class TrackerApp:
             # failure is answered here.
             if self.forwarder is not None and err.status in QUARANTINED and err.partial is None:
                 await self.forwarder.relay(scope, body, None, send, path)
+                return
+            if err.partial is not None:  # a body we stopped reading (408, 413 over the limit)
+                await send_error_and_linger(send, receive, err)
                 return
             await send_error(send, err, close=err.status in (408, 413), allow=b"GET, POST")
             return

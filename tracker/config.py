@@ -30,6 +30,7 @@ class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str = "data/tracker.db"
     synchronous: str = "normal"
     busy_timeout_ms: int = 5000
+    read_mmap_mb: int = 2048
 
 
 class Ingest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -102,6 +103,10 @@ def _validate(s: Settings) -> Settings:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if s.storage.read_mmap_mb < 0:
+        raise ConfigError(
+            f"storage.read_mmap_mb must be 0 (off) or more, got {s.storage.read_mmap_mb}"
+        )
     if s.server.log_level not in LOG_LEVELS:
         raise ConfigError(
             f"server.log_level must be one of {', '.join(LOG_LEVELS)}, got {s.server.log_level!r}"

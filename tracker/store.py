@@ -131,18 +131,16 @@ class Reject:
 # Schema
 
 
-READ_MMAP_BYTES: Final = 1 << 31  # SQLite caps it at its build's limit (2 GiB by default)
-
-
 def connect(
-    path: str | Path, *, synchronous: str = "normal", busy_ms: int = 5000, mmap: bool = False
+    path: str | Path, *, synchronous: str = "normal", busy_ms: int = 5000, mmap_mb: int = 0
 ) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, with our pragmas.
 
-    ``mmap`` (the server's read connections): pages are read through a memory map of the file
-    instead of a read() and a copy each, which a lookup at a random call mostly is (by id: a
-    third less CPU, BENCHMARKS.md). The mapped pages are the OS page cache's, shared and
-    reclaimable, not the process's own memory. The file never shrinks under it (no VACUUM)."""
+    ``mmap_mb`` (the server's read connections, ``storage.read_mmap_mb``): pages are read through
+    a memory map of the file (SQLite caps its size, 2 GiB by default) instead of a read() and a
+    copy each, which is most of a lookup at a random call (BENCHMARKS.md). The mapped pages are
+    the OS page cache's, shared and reclaimable: they count in RSS, not in the process's own
+    memory. Nothing here shrinks the file under the map (no VACUUM)."""
     p = Path(path)
     if str(p) != ":memory:":
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -164,8 +162,8 @@ def connect(
     # 16 MiB a connection: the hot index pages fit; more only grows RSS (measured, BENCHMARKS.md)
     conn.execute("PRAGMA cache_size = -16384")
     conn.execute("PRAGMA foreign_keys = OFF")
-    if mmap:
-        conn.execute(f"PRAGMA mmap_size = {READ_MMAP_BYTES}")
+    if mmap_mb > 0:
+        conn.execute(f"PRAGMA mmap_size = {int(mmap_mb) << 20}")
     return conn
 
 
