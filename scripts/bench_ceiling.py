@@ -97,19 +97,7 @@ def main() -> int:
     print(bc.table(header, rows))
     print()
     print(f"_{bc.load_note(load0, load1)}_")
-    bc.save_results(
-        "ceiling-smoke" if args.smoke else "ceiling",
-        {
-            "machine": bc.machine(),
-            "args": vars(args),
-            "load": [load0, load1],
-            "runs": {
-                s: [r.__dict__ | {"seqs": len(r.seqs), "raw": ""} for r in rs]
-                for s, rs in results.items()
-            },
-            "summary": summary,
-        },
-    )
+    bc.save_wrk_results("ceiling", args, [load0, load1], results, summary=summary)
     return 0
 
 

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -779,6 +779,29 @@ def save_results(name: str, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def save_wrk_results(
+    name: str,
+    args: argparse.Namespace,
+    loads: Sequence[Sequence[float]],
+    results: Mapping[str, Sequence[WrkResult]],
+    **extra: Any,
+) -> Path:
+    """Save a wrk benchmark's runs (without the collected seqs) under ``name`` (``-smoke``)."""
+    return save_results(
+        f"{name}-smoke" if args.smoke else name,
+        {
+            "machine": machine(),
+            "args": vars(args),
+            "load": [list(x) for x in loads],
+            "runs": {
+                s: [r.__dict__ | {"seqs": len(r.seqs), "raw": ""} for r in rs]
+                for s, rs in results.items()
+            },
+            **extra,
+        },
+    )
 
 
 def interleave(sides: Sequence[str], runs: int) -> Iterator[tuple[int, str]]:

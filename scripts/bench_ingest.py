@@ -161,20 +161,7 @@ def main() -> int:
     )
     print()
     print(f"_{bc.load_note(load0, load1)}_")
-    bc.save_results(
-        "ingest-smoke" if args.smoke else "ingest",
-        {
-            "machine": bc.machine(),
-            "args": vars(args),
-            "load": [load0, load1],
-            "runs": {
-                s: [r.__dict__ | {"seqs": len(r.seqs), "raw": ""} for r in rs]
-                for s, rs in results.items()
-            },
-            "checks": checks,
-            "summary": summary,
-        },
-    )
+    bc.save_wrk_results("ingest", args, [load0, load1], results, checks=checks, summary=summary)
     return 0 if all_ok else 1
 
 
