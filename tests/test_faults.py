@@ -353,6 +353,31 @@ def test_a_client_still_uploading_an_oversized_body_gets_its_413_not_a_reset(
         assert b"connection: close" in answer.lower()
 
 
+def test_an_oversized_body_announced_with_expect_100_continue_is_refused_unsent(
+    serve: Any,
+) -> None:
+    server = limited(serve)
+    with server.client() as c:
+        mark = last_reject(c)
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        sock.sendall(
+            b"POST /callbacks HTTP/1.1\r\nHost: tracker\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        t0 = time.monotonic()
+        answer = _read_response(sock, t0 + 5)  # the body is never sent
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]  # no "100 Continue" first
+    assert b"5000000" in answer and b"max_body_bytes" in answer
+    assert time.monotonic() - t0 < 1.0
+    with server.client() as c:
+        rows = rejects_after(c, mark)
+    assert [(row["status"], row["body"], row["size"]) for row in rows] == [(413, "", 5000000)]
+
+
 def test_a_trickler_that_sends_more_after_its_deadline_still_reads_its_408(serve: Any) -> None:
     server = limited(serve)
     head = b'{"eventType":'

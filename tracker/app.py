@@ -566,6 +566,7 @@ class TrackerApp:
         content_type = b""
         length: bytes | None = None
         auth: bytes | None = None
+        expect = b""
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value
@@ -573,6 +574,8 @@ class TrackerApp:
                 length = value
             elif key == b"authorization":
                 auth = value
+            elif key == b"expect":
+                expect = value
         if self._basic is not None and not self._basic_ok(auth):
             self.metrics.auth_failures += 1
             await send_error(
@@ -587,7 +590,7 @@ class TrackerApp:
             if writer is None:
                 raise StorageUnavailable("the service is not started (lifespan not run)")
             if method == "POST":
-                body = await self._read_body(receive, length)
+                body = await self._read_body(receive, length, expect)
                 kind = _content_kind(content_type, body)
             elif method == "GET":
                 kind = "query"
@@ -623,7 +626,8 @@ class TrackerApp:
             if self.forwarder is not None and err.status in QUARANTINED and err.partial is None:
                 await self.forwarder.relay(scope, body, None, send, path)
                 return
-            if err.partial is not None:  # a body we stopped reading (408, 413 over the limit)
+            unsent = err.size is not None and expect.lower() == b"100-continue"
+            if err.partial is not None and not unsent:  # a body we stopped reading (408, 413)
                 await send_error_and_linger(send, receive, err)
                 return
             await send_error(send, err, close=err.status in (408, 413), allow=b"GET, POST")
@@ -634,7 +638,7 @@ class TrackerApp:
             return
         await send_bytes(send, status, answer)
 
-    async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
+    async def _read_body(self, receive: Receive, length: bytes | None, expect: bytes) -> bytes:
         limit = self.max_body
         if length is not None:
             try:
@@ -645,7 +649,12 @@ class TrackerApp:
                 err = TooLarge(
                     f"the body is {declared} bytes; the limit is {limit} (max_body_bytes)"
                 )
-                err.partial = await self._head(receive, [], True)  # for the quarantine
+                if expect.lower() == b"100-continue":
+                    # the client waits for a go-ahead before it sends the body (curl does for
+                    # bodies over 1 MB): refuse it unsent, nothing to read or to linger for
+                    err.partial = b""
+                else:
+                    err.partial = await self._head(receive, [], True)  # for the quarantine
                 err.size = declared
                 raise err
         chunks: list[bytes] = []
