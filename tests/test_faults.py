@@ -11,6 +11,7 @@ heal by themselves once the fault is gone.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import resource
@@ -376,6 +377,43 @@ def test_an_oversized_body_announced_with_expect_100_continue_is_refused_unsent(
     with server.client() as c:
         rows = rejects_after(c, mark)
     assert [(row["status"], row["body"], row["size"]) for row in rows] == [(413, "", 5000000)]
+
+
+def test_a_client_that_sends_its_body_without_waiting_for_100_continue_gets_its_413(
+    serve: Any,
+) -> None:
+    server = limited(serve)
+    host, port = server.url.removeprefix("http://").split(":")
+    for _ in range(5):  # http.client sends the body at once, Expect or not (RFC 9110 allows it)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request(
+                "POST",
+                "/callbacks",
+                body=b"x" * (8 << 20),
+                headers={"Content-Type": "application/json", "Expect": "100-continue"},
+            )
+            r = conn.getresponse()
+            assert r.status == 413
+            assert b"max_body_bytes" in r.read()
+        finally:
+            conn.close()
+
+
+def test_a_whole_body_just_over_the_limit_is_answered_and_closed_at_once(serve: Any) -> None:
+    server = limited(serve)
+    sock = _raw_post_head(server.url, MAX_BODY + 100)
+    sock.settimeout(5)
+    try:
+        sock.sendall(b" " * (MAX_BODY + 100))  # all of it: nothing left to linger for
+        t0 = time.monotonic()
+        answer = _read_response(sock, t0 + 5)
+        assert sock.recv(1) == b""  # the server closed
+        elapsed = time.monotonic() - t0
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert elapsed < 1.0, f"the connection stayed open {elapsed:.2f}s after a complete body"
 
 
 def test_a_trickler_that_sends_more_after_its_deadline_still_reads_its_408(serve: Any) -> None:

@@ -626,8 +626,7 @@ class TrackerApp:
             if self.forwarder is not None and err.status in QUARANTINED and err.partial is None:
                 await self.forwarder.relay(scope, body, None, send, path)
                 return
-            unsent = err.size is not None and expect.lower() == b"100-continue"
-            if err.partial is not None and not unsent:  # a body we stopped reading (408, 413)
+            if err.unread:  # a body we stopped reading (408, 413): the client may still send
                 await send_error_and_linger(send, receive, err)
                 return
             await send_error(send, err, close=err.status in (408, 413), allow=b"GET, POST")
@@ -651,10 +650,11 @@ class TrackerApp:
                 )
                 if expect.lower() == b"100-continue":
                     # the client waits for a go-ahead before it sends the body (curl does for
-                    # bodies over 1 MB): refuse it unsent, nothing to read or to linger for
-                    err.partial = b""
-                else:
-                    err.partial = await self._head(receive, [], True)  # for the quarantine
+                    # bodies over 1 MB): refuse it unsent. A client may also send it without
+                    # waiting, so the answer still lingers (and never says 100 Continue).
+                    err.partial, err.unread = b"", True
+                else:  # the head, for the quarantine
+                    err.partial, err.unread = await self._head(receive, [], True)
                 err.size = declared
                 raise err
         chunks: list[bytes] = []
@@ -685,19 +685,21 @@ class TrackerApp:
                 f"the body did not arrive within {self.body_timeout:g} s (body_timeout_seconds)"
             )
             late.partial = b"".join(chunks)
+            late.unread = True
             raise late from None
         finally:
             if task is not None:
                 reads.pop(task, None)
         if size > limit:
             err = TooLarge(f"the body exceeds {limit} bytes (max_body_bytes)")
-            err.partial = await self._head(receive, chunks, more)
+            err.partial, err.unread = await self._head(receive, chunks, more)
             raise err
         return b"".join(chunks)
 
-    async def _head(self, receive: Receive, chunks: list[bytes], more: bool) -> bytes:
+    async def _head(self, receive: Receive, chunks: list[bytes], more: bool) -> tuple[bytes, bool]:
         """A refused body's head for the quarantine: what was read, plus more up to one byte past
-        ``quarantine_max_bytes`` (so the store marks it truncated), briefly."""
+        ``quarantine_max_bytes`` (so the store marks it truncated), briefly; and whether the client
+        may still be sending the rest."""
         cap = self.settings.ingest.quarantine_max_bytes
         size = sum(len(c) for c in chunks)
         try:
@@ -712,7 +714,7 @@ class TrackerApp:
                     more = message.get("more_body", False)
         except TimeoutError:
             pass
-        return b"".join(chunks)[: cap + 1]
+        return b"".join(chunks)[: cap + 1], more
 
     # -- query -----------------------------------------------------------------------------------
 

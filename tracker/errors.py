@@ -21,6 +21,7 @@ class TrackerError(Exception):
         self.detail = detail
         self.partial: bytes | None = None  # what was read of a refused body, when not all of it
         self.size: int | None = None  # the refused body's full size, when known and not read
+        self.unread = False  # the client may still be sending the body (we stopped reading)
 
 
 class InvalidJson(TrackerError):
