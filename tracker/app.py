@@ -95,7 +95,12 @@ def error_response(err: TrackerError, *, allow: bytes | None = None) -> Response
 
 
 async def send_bytes(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] = JSON_HEADERS,
+    *,
+    more_body: bool = False,
 ) -> None:
     await send(
         {
@@ -104,40 +109,38 @@ async def send_bytes(
             "headers": [*headers, (b"content-length", str(len(body)).encode())],
         }
     )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(
-    send: Send, err: TrackerError, close: bool = False, allow: bytes | None = None
-) -> None:
-    """:func:`error_response` for the raw ASGI paths."""
-    headers = [*JSON_HEADERS, *error_headers(err, allow=allow, close=close)]
-    await send_bytes(send, err.status, error_body(err), headers)
+    await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
 
 LINGER_SECONDS = 2.0  # how long a refused upload is still read (and dropped) before closing
 LINGER_BYTES = 64 << 20
 
 
-async def send_error_and_linger(send: Send, receive: Receive, err: TrackerError) -> None:
-    """Answer a request whose body we stopped reading, then close the connection gracefully.
+async def send_error(
+    send: Send,
+    err: TrackerError,
+    close: bool = False,
+    allow: bytes | None = None,
+    linger: Receive | None = None,
+) -> None:
+    """:func:`error_response` for the raw ASGI paths.
 
-    Closing a socket that still has unread data makes the kernel reset the connection, and a
-    client that is still sending then loses the answer it was sent (the reset discards it). So,
-    like other HTTP/1.1 servers' "lingering close", the whole answer goes out first, then what
-    the client still sends is read and dropped for up to ``LINGER_SECONDS`` (or
-    ``LINGER_BYTES``) before the connection closes.
+    ``linger``: the request's ``receive``, when the client may still be sending a body we
+    stopped reading. Closing a socket that still has unread data makes the kernel reset the
+    connection, and a client that is still sending then loses the answer it was sent (the
+    reset discards it). So, like other HTTP/1.1 servers' "lingering close", the whole answer
+    goes out first, then what the client still sends is read and dropped for up to
+    ``LINGER_SECONDS`` (or ``LINGER_BYTES``) before the connection closes.
     """
-    body = error_body(err)
-    headers = [*JSON_HEADERS, *error_headers(err, close=True)]
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": True})
+    headers = [*JSON_HEADERS, *error_headers(err, allow=allow, close=close)]
+    await send_bytes(send, err.status, error_body(err), headers, more_body=linger is not None)
+    if linger is None:
+        return
     dropped = 0
     try:
         async with asyncio.timeout(LINGER_SECONDS):
             while dropped < LINGER_BYTES:
-                message = await receive()
+                message = await linger()
                 if message["type"] == "http.disconnect":
                     break
                 dropped += len(message.get("body", b""))
@@ -626,10 +629,13 @@ class TrackerApp:
             if self.forwarder is not None and err.status in QUARANTINED and err.partial is None:
                 await self.forwarder.relay(scope, body, None, send, path)
                 return
-            if err.unread:  # a body we stopped reading (408, 413): the client may still send
-                await send_error_and_linger(send, receive, err)
-                return
-            await send_error(send, err, close=err.status in (408, 413), allow=b"GET, POST")
+            await send_error(
+                send,
+                err,
+                close=err.status in (408, 413),
+                allow=b"GET, POST",
+                linger=receive if err.unread else None,  # a body we stopped reading
+            )
             return
         self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
         if self.forwarder is not None:
