@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import bench_common as bc
@@ -28,15 +29,12 @@ import bench_common as bc
 SIDES = ("bare", "httponly", "nostore", "tracker")
 
 
-def start(side: str, db: Any) -> bc.Server:
+def start(side: str, db: Path) -> bc.Server:
     if side == "bare":
         return bc.start_bare()
-    serve = ["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db)]
     if side == "tracker":
-        cmd = [bc.PY, "-m", "tracker", *serve]
-    else:
-        cmd = [bc.PY, str(bc.SCRIPTS / "whatif_serve.py"), side, *serve]
-    return bc.start_server(side, cmd, bc.clean_env())
+        return bc.start_tracker(db)
+    return bc.start_whatif(side, db)
 
 
 def main() -> int:

@@ -581,10 +581,20 @@ def start_server(
     raise RuntimeError(f"{name} never became ready:\n" + "".join(seen))
 
 
+def _serve_args(db: Path) -> list[str]:
+    return ["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db)]
+
+
 def start_tracker(db: Path, *, synchronous: str = "normal") -> Server:
-    cmd = [PY, "-m", "tracker", "serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db)]
+    cmd = [PY, "-m", "tracker", *_serve_args(db)]
     env = clean_env(TRACKER_STORAGE_SYNCHRONOUS=synchronous)
     return start_server(f"tracker({synchronous})", cmd, env)
+
+
+def start_whatif(what: str, db: Path, **env: str) -> Server:
+    """``tracker serve`` with part of its path switched off (scripts/whatif_serve.py)."""
+    cmd = [PY, str(SCRIPTS / "whatif_serve.py"), what, *_serve_args(db)]
+    return start_server(what, cmd, clean_env(**env))
 
 
 def start_bare(*, view_file: Path | None = None, page_file: Path | None = None) -> Server:

@@ -73,22 +73,7 @@ def main() -> int:
         (work / "view.json").write_bytes(view)
         (work / "page.json").write_bytes(page)
         bare = bc.start_bare(view_file=work / "view.json", page_file=work / "page.json")
-        nolookup = bc.start_server(
-            "nolookup",
-            [
-                bc.PY,
-                str(bc.SCRIPTS / "whatif_serve.py"),
-                "constview",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--db",
-                str(db),
-            ],
-            bc.clean_env(WHATIF_VIEW_FILE=str(work / "view.json")),
-        )
+        nolookup = bc.start_whatif("constview", db, WHATIF_VIEW_FILE=str(work / "view.json"))
         servers = {"bare": bare, "tracker": tracker, "nolookup": nolookup}
         endpoints = {"id": id_paths, "list": page_paths}
         if args.warmup > 0:
