@@ -1,4 +1,5 @@
-"""A real ``tracker serve`` process on a free loopback port, for tests that are about HTTP."""
+"""A real ``tracker serve`` process on a free loopback port, for tests that are about HTTP; and
+the ``tracker`` command run as its own process."""
 
 from __future__ import annotations
 
@@ -33,6 +34,22 @@ def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:
             lines.append(f"{key} = {lit}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def run_tracker(
+    *args: str, timeout: float = 60, text: bool = True
+) -> subprocess.CompletedProcess[Any]:
+    """``python -m tracker ARGS`` in a process of its own, without any ``TRACKER_*`` variable
+    of ours; returns the ``CompletedProcess`` (output as text, or bytes with ``text=False``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tracker", *args],
+        capture_output=True,
+        text=text,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 class Server:

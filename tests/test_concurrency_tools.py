@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server import Server, start_server
+from tests.server import Server, run_tracker, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +39,8 @@ PRELOAD_CALLS = 4000
 def run_cli(
     *args: str, timeout: float = TOOL_TIMEOUT
 ) -> tuple[subprocess.CompletedProcess[bytes], float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
     t0 = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "tracker", *args],
-        capture_output=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    done = run_tracker(*args, timeout=timeout, text=False)
     return done, time.monotonic() - t0
 
 

@@ -10,11 +10,9 @@ file and after the restart. Three kills per file, for ``synchronous = "normal"``
 from __future__ import annotations
 
 import json
-import os
 import random
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from urllib.parse import quote, urlencode
 import httpx
 import pytest
 
-from tests.server import Server, start_server, write_config
+from tests.server import Server, run_tracker, start_server, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +32,7 @@ CLI_TIMEOUT = 60
 
 
 def run_cli(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "tracker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    return run_tracker(*args, timeout=timeout)
 
 
 def finish(server: Server, *, graceful: bool = False) -> int | None:

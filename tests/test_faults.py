@@ -13,13 +13,11 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
 import resource
 import shutil
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server import Server, start_server, write_config
+from tests.server import Server, run_tracker, start_server, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +38,7 @@ CAP = 65536  # ingest.quarantine_max_bytes, default
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "tracker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    return run_tracker(*args, timeout=timeout)
 
 
 def finish(server: Server) -> int:

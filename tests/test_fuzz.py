@@ -16,9 +16,7 @@ import base64
 import csv
 import io
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,7 +32,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.server import Server, start_server
+from tests.server import Server, run_tracker, start_server
 from tracker.events import V1_TYPES, V2_TYPES
 from tracker.state import OUTCOMES
 
@@ -61,14 +59,7 @@ def fuzz_settings(n: int) -> Any:
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "tracker", *args],
-        capture_output=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    return run_tracker(*args, timeout=timeout, text=False)
 
 
 def path_segment(value: str) -> str:

@@ -29,28 +29,16 @@ import msgspec
 import pytest
 from server import Server, running, write_config
 
+from tests.callbacks import V1_BASE, v1
 from tracker.events import content_key, decode_object
 from tracker.state import fact_of, fold, view
 
-V1_BASE = "https://api.catapult.inetwork.com/v1/users/u-ktp3mmi4n35wdqmrwqosqpa"
 V2_BASE = "https://voice.bandwidth.com/api/v2/accounts/9900000/calls"
 APP_ID = "7fc9698a-b04a-468b-9e8f-91238c0d0086"
 
 
 def new_id(prefix: str = "c") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:20]}"
-
-
-def v1(event_type: str, call_id: str | None, at: str | None, **extra: str) -> dict[str, str]:
-    """A Catapult (v1) callback as Bandwidth sends it: every value a string."""
-    ev: dict[str, str] = {"eventType": event_type}
-    if call_id is not None:
-        ev["callId"] = call_id
-        ev["callUri"] = f"{V1_BASE}/calls/{call_id}"
-    if at is not None:
-        ev["time"] = at
-    ev.update(extra)
-    return ev
 
 
 def v2(event_type: str, call_id: str | None, at: str, **extra: str) -> dict[str, str]:
