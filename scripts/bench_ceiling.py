@@ -57,10 +57,10 @@ def main() -> int:
         db = work / f"{side}-{i}.db"
         srv = start(side, db)
         try:
-            wrk = dict(connections=args.connections, threads=args.threads)
+            wrk = {"connections": args.connections, "threads": args.threads}
             if args.warmup > 0:
-                bc.run_wrk(srv.url, "ingest.lua", [str(bodies)], duration=args.warmup, **wrk)
-            res = bc.run_wrk(srv.url, "ingest.lua", [str(bodies)], duration=args.duration, **wrk)
+                bc.ingest_wrk(srv, bodies, args.warmup, **wrk)
+            res = bc.ingest_wrk(srv, bodies, args.duration, **wrk)
         finally:
             srv.stop()
             bc.remove_db(db)

@@ -917,26 +917,13 @@ def tracker_ingest_run(
     try:
         idle = srv.rss_mb()
         if warm_bodies is not None and warmup > 0:
-            run_wrk(
-                srv.url,
-                "ingest.lua",
-                [str(warm_bodies)],
-                duration=warmup,
-                connections=connections,
-                threads=threads,
-            )
+            ingest_wrk(srv, warm_bodies, warmup, connections=connections, threads=threads)
             time.sleep(0.3)  # the last in-flight requests of the warm-up commit
         before = count_events(db)
         if on_running is not None:
             on_running(srv)
-        res = run_wrk(
-            srv.url,
-            "ingest.lua",
-            [str(bodies)],
-            duration=duration,
-            connections=connections,
-            threads=threads,
-            keep_seqs=True,
+        res = ingest_wrk(
+            srv, bodies, duration, connections=connections, threads=threads, keep_seqs=True
         )
         rss, hwm = srv.rss_mb(), srv.hwm_mb()
     finally:
@@ -948,28 +935,35 @@ def tracker_ingest_run(
     return IngestRun(res, srv.ready_s, idle, rss, hwm, check)
 
 
+def ingest_wrk(
+    srv: Server,
+    bodies: Path,
+    seconds: float,
+    *,
+    connections: int,
+    threads: int,
+    keep_seqs: bool = False,
+) -> WrkResult:
+    """wrk posting ``bodies`` (scripts/wrk/ingest.lua) to ``srv``'s ``/callbacks``."""
+    return run_wrk(
+        srv.url,
+        "ingest.lua",
+        [str(bodies)],
+        duration=seconds,
+        connections=connections,
+        threads=threads,
+        keep_seqs=keep_seqs,
+    )
+
+
 def bare_ingest_run(
     bodies: Path, *, duration: float, warmup: float, connections: int, threads: int
 ) -> WrkResult:
     srv = start_bare()
     try:
         if warmup > 0:
-            run_wrk(
-                srv.url,
-                "ingest.lua",
-                [str(bodies)],
-                duration=warmup,
-                connections=connections,
-                threads=threads,
-            )
-        return run_wrk(
-            srv.url,
-            "ingest.lua",
-            [str(bodies)],
-            duration=duration,
-            connections=connections,
-            threads=threads,
-        )
+            ingest_wrk(srv, bodies, warmup, connections=connections, threads=threads)
+        return ingest_wrk(srv, bodies, duration, connections=connections, threads=threads)
     finally:
         srv.stop()
 
