@@ -375,7 +375,7 @@ def content_key(obj: Any) -> tuple[bytes, bytes]:
     return canonical, hashlib.blake2b(canonical, digest_size=16).digest()
 
 
-_typed: Final = {
+_typed: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     "v1": msgspec.json.Decoder(V1Union),
     "v2": msgspec.json.Decoder(V2Union),
     "unknown": msgspec.json.Decoder(Unknown),
