@@ -4,7 +4,7 @@ Every command takes ``--db PATH`` and ``--config PATH``; settings are built-in d
 file < ``TRACKER_<SECTION>_<KEY>`` environment variables < flags. Exit codes: 0 ok; 1 a data
 problem (drift, rejected import lines, an unknown call, a database that cannot be read, a backup
 that would overwrite a file); 2 a usage or configuration error. Results go to stdout, messages and
-progress (on a terminal only) to stderr. The store is opened lazily, per command; ``serve`` leaves
+progress (on a terminal only) to stderr. Storage is opened lazily, per command; ``serve`` leaves
 it to the app's lifespan.
 """
 
