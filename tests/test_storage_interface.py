@@ -4,7 +4,6 @@ only (no SQL): every backend must pass these. Parametrized by backend (SQLite to
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,14 +20,14 @@ from tracker.storage.errors import NoDatabase
 URI = "https://api.catapult.inetwork.com/v1/users/u-1/calls/"
 
 
-def settings_for(backend: str, tmp_path: Path) -> Settings:
-    assert backend == "sqlite"
-    return load_settings(env={}, overrides={"storage": {"path": str(tmp_path / "t.db")}})
+def settings_for(target: str) -> Settings:
+    key = "path" if target.startswith("/") else "url"
+    return load_settings(env={}, overrides={"storage": {key: target}})
 
 
-@pytest.fixture(params=["sqlite"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    return settings_for(request.param, tmp_path)
+@pytest.fixture
+def settings(db_target: str) -> Settings:
+    return settings_for(db_target)
 
 
 @pytest.fixture

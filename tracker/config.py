@@ -27,6 +27,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = ""
     path: str = "data/tracker.db"
     synchronous: str = "normal"
     busy_timeout_ms: int = 5000
@@ -81,6 +82,14 @@ LOG_LEVELS = (
 )  # the config file's path, not a key
 
 
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(value: str) -> bool:
+    """A database URL (PostgreSQL), not a file path."""
+    return value.startswith(URL_SCHEMES)
+
+
 def _validate(s: Settings) -> Settings:
     if s.storage.synchronous not in ("normal", "full"):
         raise ConfigError(
@@ -103,6 +112,10 @@ def _validate(s: Settings) -> Settings:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if s.storage.url and not is_url(s.storage.url):
+        raise ConfigError(
+            f"storage.url must start with postgresql:// or postgres://, got {s.storage.url!r}"
+        )
     if s.storage.read_mmap_mb < 0:
         raise ConfigError(
             f"storage.read_mmap_mb must be 0 (off) or more, got {s.storage.read_mmap_mb}"

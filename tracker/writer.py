@@ -53,7 +53,10 @@ class Writer:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.commits = 0
-        self.last_seq = store.head()
+        try:
+            self.last_seq = store.head()
+        except StorageError:  # a database server not reachable yet: the writes will say so
+            self.last_seq = 0
         self.healthy = True
         self.last_error: str | None = None
 

@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = common.add_argument_group("storage and configuration")
     group.add_argument(
         "--db",
-        metavar="PATH",
-        help="the SQLite file (beats TRACKER_STORAGE_PATH and storage.path)",
+        metavar="PATH|URL",
+        help="the SQLite file, or a postgresql:// URL (beats TRACKER_STORAGE_PATH/_URL and "
+        "storage.path/url)",
     )
     group.add_argument(
         "--config",

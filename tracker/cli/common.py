@@ -51,7 +51,10 @@ def settings_of(args: argparse.Namespace, **server: Any) -> Settings:
     """Load settings; ``--db`` and the given server flags (when set) beat everything else."""
     overrides: dict[str, dict[str, Any]] = {}
     if args.db is not None:
-        overrides["storage"] = {"path": args.db}
+        from tracker.config import is_url
+
+        # a URL selects PostgreSQL, anything else is the SQLite file (and beats a url setting)
+        overrides["storage"] = {"url": args.db} if is_url(args.db) else {"path": args.db, "url": ""}
     flags = {k: v for k, v in server.items() if v is not None}
     if flags:
         overrides["server"] = flags

@@ -102,7 +102,7 @@ class TrackerApp:
 
             self.forwarder = Forwarder(self.settings.forward, self.metrics)
         try:
-            storage = open_storage(self.settings)
+            storage = open_storage(self.settings, deferred=True)
         except BaseException:
             self.forwarder = None  # it has not connected anywhere yet: nothing to close
             raise

@@ -13,21 +13,39 @@ from tracker.storage.interface import Snapshot, Storage
 
 
 def describe(settings: Settings) -> str:
-    """Where the data lives, for messages (a file path today)."""
+    """Where the data lives, for messages: the file path, or the URL without its password."""
+    if settings.storage.url:
+        from tracker.storage.postgres.errors import redact
+
+        return redact(settings.storage.url)
     return settings.storage.path
 
 
 def open_storage(
-    settings: Settings, *, must_exist: bool = False, read_only: bool = False
+    settings: Settings, *, must_exist: bool = False, read_only: bool = False, deferred: bool = False
 ) -> Storage:
     """The storage ``settings`` name, opened (and created and migrated, unless ``read_only`` or
     ``must_exist`` forbid it). ``must_exist``: refuse a database that does not exist yet;
-    ``read_only``: also never write (``export``, ``show``, ``backup``).
+    ``read_only``: also never write (``export``, ``show``, ``backup``). ``deferred`` (a server):
+    a database server that cannot be reached yet is not an error; every operation fails (503)
+    until it can be reached.
 
-    A ``[storage] url`` of ``postgresql://`` will select the PostgreSQL implementation here."""
+    A ``[storage] url`` (``postgresql://``) selects PostgreSQL, else the SQLite file at ``path``."""
+    s = settings.storage
+    if s.url:
+        from tracker.storage.postgres import PostgresStorage
+
+        return PostgresStorage(
+            s.url,
+            outcomes=settings.outcomes,
+            lock_timeout_ms=s.busy_timeout_ms,
+            quarantine_max_bytes=settings.ingest.quarantine_max_bytes,
+            must_exist=must_exist,
+            read_only=read_only,
+            deferred=deferred,
+        )
     from tracker.storage.sqlite import SqliteStorage
 
-    s = settings.storage
     return SqliteStorage(
         s.path,
         synchronous=s.synchronous,

@@ -92,6 +92,10 @@ class Storage(Protocol):
         the WAL checkpointer). :meth:`close` stops it."""
         ...
 
+    def wait_for_head(self, after: int, timeout: float) -> int:
+        """Block up to timeout seconds until the committed head is > after; return the head."""
+        ...
+
     # -- the queries (any thread) ------------------------------------------------------------
 
     def call(self, call_id: str) -> CallRecord | None:

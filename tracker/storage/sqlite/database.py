@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Concatenate, Final, ParamSpec, TypeVar
@@ -33,6 +34,7 @@ from tracker.storage.sqlite.replay import replay
 from tracker.storage.sqlite.schema import check_file, check_version, connect, migrate
 from tracker.storage.sqlite.writes import Appender
 
+WAIT_POLL_SECONDS: Final = 0.05  # how often wait_for_head looks at the head
 CHECKPOINT_SECONDS: Final = 0.2  # how often the checkpointer copies committed WAL pages over
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -150,6 +152,16 @@ class SqliteStorage:
         if self._checkpointer is None:
             self.conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._checkpointer = Checkpointer(self)
+
+    def wait_for_head(self, after: int, timeout: float) -> int:
+        """Block up to timeout seconds until the committed head is > after; return the head."""
+        deadline = time.monotonic() + timeout
+        while True:
+            head = self._read(queries.head)
+            left = deadline - time.monotonic()
+            if head > after or left <= 0:
+                return head
+            time.sleep(min(WAIT_POLL_SECONDS, left))
 
     # -- the queries -------------------------------------------------------------------------
 

@@ -1,0 +1,356 @@
+""":class:`PostgresStorage`: the PostgreSQL implementation of :class:`tracker.storage.Storage`.
+
+One object owns its connections: the write connection (one thread at a time: the group-commit
+writer or a command), a pool of read connections (``psycopg_pool``) for the queries, and a
+listening connection for :meth:`PostgresStorage.wait_for_head`. A server (``deferred``) starts
+even when the database is unreachable: every operation then fails as ``StorageError`` (503) and
+the next one tries to connect again, so it recovers on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from tracker.records import (
+    Appended,
+    CallRecord,
+    Counts,
+    Drift,
+    Entry,
+    LoggedEvent,
+    Reject,
+    StoredReject,
+)
+from tracker.storage.errors import OpenFailed, StorageError
+from tracker.storage.interface import Progress
+from tracker.storage.postgres import queries
+from tracker.storage.postgres.errors import commit_failed, read_failed, redact
+from tracker.storage.postgres.listener import Listener
+from tracker.storage.postgres.replay import replay
+from tracker.storage.postgres.schema import check_version, connect, migrate
+from tracker.storage.postgres.writes import Appender
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+BACKUP_REFUSED = (
+    "backup copies a SQLite file; for PostgreSQL use pg_dump (or your provider's backups), "
+    "or `tracker copy DEST` to copy the log into a SQLite file or another database"
+)
+
+
+class PostgresStorage:
+    """One PostgreSQL database. ``read_only``: never create, migrate or write."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        outcomes: Mapping[str, str] | None = None,
+        lock_timeout_ms: int = 5000,
+        statement_timeout_ms: int = 30_000,
+        quarantine_max_bytes: int = 65536,
+        pool_size: int = 8,
+        must_exist: bool = False,
+        read_only: bool = False,
+        deferred: bool = False,
+    ) -> None:
+        self.url = url
+        self.where = redact(url)
+        self.outcomes = dict(outcomes or {})
+        self.lock_timeout_ms = lock_timeout_ms
+        self.statement_timeout_ms = statement_timeout_ms
+        self.pool_size = pool_size
+        self.must_exist = must_exist
+        self.read_only = read_only
+        self._appender = Appender(self.outcomes, quarantine_max_bytes)
+        self._conn: Conn | None = None
+        self._pool: ConnectionPool[Conn] | None = None
+        self._lock = threading.Lock()
+        self._listener: Listener | None = None
+        self._closed = False
+        try:
+            self._connect()
+        except StorageError:
+            if not deferred:
+                raise
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _open(self, *, timeouts: bool = True) -> Conn:
+        return connect(
+            self.url,
+            lock_timeout_ms=self.lock_timeout_ms,
+            statement_timeout_ms=self.statement_timeout_ms if timeouts else 0,
+        )
+
+    def _connect(self) -> Conn:
+        """The write connection, (re)connected and the schema checked or migrated."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._closed:
+            raise StorageError(f"the storage {self.where} is closed")
+        try:
+            conn = self._open()
+        except psycopg.Error as err:
+            raise OpenFailed(f"cannot connect to the database {self.where}: {err}") from err
+        try:
+            if self.read_only or self.must_exist:
+                check_version(conn, self.where, must_exist=True)
+            if not self.read_only:
+                migrate(conn, self.where)
+        except psycopg.Error as err:
+            conn.close()
+            raise OpenFailed(f"cannot open the database {self.where}: {err}") from err
+        except BaseException:
+            conn.close()
+            raise
+        self.must_exist = False  # checked once; a later reconnect finds the same database
+        self._conn = conn
+        return conn
+
+    def _readers(self) -> ConnectionPool[Conn]:
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ConnectionPool(
+                        self.url,
+                        min_size=1,
+                        max_size=self.pool_size,
+                        kwargs={
+                            "autocommit": True,
+                            "connect_timeout": 5,
+                            "options": f"-c statement_timeout={self.statement_timeout_ms}",
+                        },
+                        timeout=5.0,
+                        name="tracker-read",
+                        open=True,
+                    )
+                pool = self._pool
+        return pool
+
+    def _read(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
+        """``fn`` on a pooled read connection, the driver's errors as ours."""
+        if self._closed:
+            raise StorageError(f"the storage {self.where} is closed")
+        for attempt in (1, 2):
+            try:
+                with self._readers().connection() as conn:
+                    return fn(conn, *args, **kw)
+            except psycopg.OperationalError as err:
+                # a pooled connection the server dropped (a restart, a failover, a terminated
+                # backend) is discarded by the pool: once more on a fresh one
+                if attempt == 2:
+                    raise read_failed(err) from err
+            except psycopg.Error as err:
+                raise read_failed(err) from err
+            except PoolTimeout as err:
+                raise read_failed(err) from err
+        raise AssertionError("unreachable")
+
+    # -- the writer --------------------------------------------------------------------------
+
+    def head(self) -> int:
+        return self._read(queries.head)
+
+    def _writable(self) -> Conn:
+        if self.read_only:
+            raise StorageError(f"{self.where} is open for reading only")
+        try:
+            return self._connect()
+        except OpenFailed as err:
+            raise StorageError(
+                f"storage cannot commit ({err.detail}); nothing was stored, retry later"
+            ) from err
+
+    def write_batch(
+        self, groups: Sequence[Sequence[Entry]], rejects: Sequence[Reject] = ()
+    ) -> list[list[Appended]]:
+        conn = self._writable()
+        try:
+            return self._appender.write_batch(conn, groups, rejects)
+        except psycopg.Error as err:
+            if conn.closed or conn.broken:
+                self._conn = None
+            raise commit_failed(err) from err
+
+    def append(self, entries: Sequence[Entry]) -> list[Appended]:
+        return self.write_batch([entries])[0]
+
+    def reject(self, reject: Reject) -> None:
+        self.write_batch([], [reject])
+
+    def recover(self) -> None:
+        """Drop the write connection; the next write connects again."""
+        conn, self._conn = self._conn, None
+        self._appender.forget()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def probe(self, *, write: bool) -> None:
+        conn = self._writable()
+        try:
+            with conn.transaction():
+                # the head row's lock: what every write takes first
+                conn.execute("SELECT seq FROM tracker_head WHERE id = 1 FOR UPDATE")
+        except psycopg.Error as err:
+            self.recover()
+            raise commit_failed(err) from err
+
+    def start_maintenance(self) -> None:
+        """Nothing to keep up on PostgreSQL (its autovacuum does); start the read pool."""
+        with contextlib.suppress(Exception):
+            self._readers()
+
+    def wait_for_head(self, after: int, timeout: float) -> int:
+        """Block up to timeout seconds until the committed head is > after; return the head."""
+        with self._lock:
+            if self._listener is None:
+                self._listener = Listener(self._open)
+        listener = self._listener
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = listener.generation
+            head = self.head()  # a notification is only a wake-up: always read the head
+            left = deadline - time.monotonic()
+            if head > after or left <= 0:
+                return head
+            listener.wait(seen, left)
+
+    # -- the queries -------------------------------------------------------------------------
+
+    def call(self, call_id: str) -> CallRecord | None:
+        return self._read(queries.get_call, call_id)
+
+    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
+        return self._read(queries.timeline, call_id)
+
+    def calls(
+        self,
+        filters: Mapping[str, str],
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> tuple[list[CallRecord], int | None]:
+        return self._read(
+            queries.list_calls,
+            filters,
+            since=since,
+            until=until,
+            limit=limit,
+            before_seq=before_seq,
+        )
+
+    def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
+        return self._read(queries.stats, since=since, until=until)
+
+    def events_after(self, after: int, limit: int) -> list[LoggedEvent]:
+        return self._read(queries.events_after, after, limit)
+
+    def rejects(self, after: int, limit: int) -> tuple[list[StoredReject], int | None]:
+        return self._read(queries.list_rejects, after, limit)
+
+    # -- the commands ------------------------------------------------------------------------
+
+    def replay(self, *, check: bool = False, progress: Progress | None = None) -> list[Drift]:
+        if not check:
+            self._writable()
+        self._appender.forget()
+        try:
+            conn = self._open(timeouts=False)
+            reader = self._open(timeouts=False)
+        except psycopg.Error as err:
+            raise read_failed(err) from err
+        try:
+            return replay(conn, reader, self.outcomes, check=check, progress=progress)
+        except psycopg.Error as err:
+            raise read_failed(err) from err
+        finally:
+            reader.close()
+            conn.close()
+
+    def counts(self) -> tuple[int, int]:
+        return self._read(queries.counts)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[PostgresSnapshot]:
+        """A connection of its own in one REPEATABLE READ, READ ONLY transaction: a consistent
+        view that never blocks the writers."""
+        try:
+            conn = self._open(timeouts=False)
+        except psycopg.Error as err:
+            raise read_failed(err) from err
+        try:
+            try:
+                check_version(conn, self.where, must_exist=True)
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            except psycopg.Error as err:
+                raise read_failed(err) from err
+            yield PostgresSnapshot(conn)
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def backup(self, dest: str) -> int:
+        raise StorageError(BACKUP_REFUSED)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                self._pool.close()
+            self._pool = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class PostgresSnapshot:
+    """:class:`tracker.storage.interface.Snapshot` on one connection in one transaction."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def calls(self) -> Iterator[CallRecord]:
+        try:
+            yield from queries.iter_calls(self.conn)
+        except psycopg.Error as err:
+            raise read_failed(err) from err
+
+    def events(self, after: int = 0) -> Iterator[LoggedEvent]:
+        try:
+            yield from queries.iter_events(self.conn, after)
+        except psycopg.Error as err:
+            raise read_failed(err) from err
+
+    def call(self, call_id: str) -> CallRecord | None:
+        try:
+            return queries.get_call(self.conn, call_id)
+        except psycopg.Error as err:
+            raise read_failed(err) from err
+
+    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
+        try:
+            return queries.timeline(self.conn, call_id)
+        except psycopg.Error as err:
+            raise read_failed(err) from err

@@ -1,0 +1,168 @@
+"""Reads on any PostgreSQL connection; they return :mod:`tracker.records`, as SQLite's do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import msgspec
+import psycopg
+
+from tracker.records import CallRecord, Counts, LoggedEvent, StoredReject
+from tracker.state import CallState
+from tracker.storage.postgres.schema import FILTER_COLUMNS
+
+_state_dec = msgspec.msgpack.Decoder(CallState)
+
+Conn = psycopg.Connection[Any]
+EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body"
+
+
+def _event(r: Any) -> LoggedEvent:
+    return LoggedEvent(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
+
+
+def get_call(conn: Conn, call_id: str) -> CallRecord | None:
+    row = conn.execute("SELECT state, outcome FROM calls WHERE call_id = %s", (call_id,)).fetchone()
+    return None if row is None else CallRecord(_state_dec.decode(row[0]), row[1])
+
+
+def timeline(conn: Conn, call_id: str) -> list[LoggedEvent] | None:
+    row = conn.execute("SELECT call_key FROM calls WHERE call_id = %s", (call_id,)).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE call_key = %s"
+        " ORDER BY event_time IS NULL, event_time, seq".encode(),
+        (row[0],),
+    ).fetchall()
+    return [_event(r) for r in rows]
+
+
+def events_after(conn: Conn, after: int, limit: int) -> list[LoggedEvent]:
+    rows = conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s".encode(),
+        (after, limit),
+    ).fetchall()
+    return [_event(r) for r in rows]
+
+
+def list_calls(
+    conn: Conn,
+    filters: Mapping[str, str],
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    limit: int = 100,
+    before_seq: int | None = None,
+) -> tuple[list[CallRecord], int | None]:
+    where: list[str] = []
+    args: list[Any] = []
+    for name, value in filters.items():
+        where.append(f"{FILTER_COLUMNS[name]} = %s")
+        args.append(value)
+    if since is not None:
+        where.append("first_event_at >= %s")
+        args.append(since)
+    if until is not None:
+        where.append("first_event_at < %s")
+        args.append(until)
+    if before_seq is not None:
+        where.append("last_seq < %s")
+        args.append(before_seq)
+    sql = "SELECT state, outcome, last_seq FROM calls"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY last_seq DESC LIMIT %s"
+    args.append(limit + 1)
+    rows = conn.execute(sql.encode(), args).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    decode = _state_dec.decode
+    page = [CallRecord(decode(r[0]), r[1]) for r in rows]
+    return page, (rows[-1][2] if more and rows else None)
+
+
+def stats(conn: Conn, *, since: int | None = None, until: int | None = None) -> Counts:
+    where: list[str] = []
+    args: list[Any] = []
+    if since is not None:
+        where.append("first_event_at >= %s")
+        args.append(since)
+    if until is not None:
+        where.append("first_event_at < %s")
+        args.append(until)
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    out: list[dict[str, int]] = []
+    total = 0
+    for column in ("status", "outcome", "cause"):
+        counts: dict[str, int] = {}
+        sql = f"SELECT {column}, count(*) FROM calls{clause} GROUP BY {column} ORDER BY {column}"
+        for value, n in conn.execute(sql.encode(), args):
+            if value is not None:
+                counts[value] = int(n)
+            if column == "status":
+                total += int(n)
+        out.append(counts)
+    return Counts(total, out[0], out[1], out[2])
+
+
+def list_rejects(conn: Conn, after: int, limit: int) -> tuple[list[StoredReject], int | None]:
+    rows = conn.execute(
+        "SELECT id, received_at, status, error, detail, content_type, path, size, truncated, body"
+        " FROM rejects WHERE id > %s ORDER BY id LIMIT %s",
+        (after, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    out = [
+        StoredReject(
+            id=r[0],
+            received_at=r[1],
+            status=r[2],
+            error=r[3],
+            detail=r[4],
+            content_type=r[5],
+            path=r[6],
+            size=r[7],
+            truncated=bool(r[8]),
+            body=bytes(r[9] or b""),
+        )
+        for r in rows[:limit]
+    ]
+    return out, (out[-1].id if more and out else None)
+
+
+def counts(conn: Conn) -> tuple[int, int]:
+    calls = conn.execute("SELECT count(*) FROM calls").fetchone()
+    events = conn.execute("SELECT count(*) FROM events").fetchone()
+    assert calls is not None and events is not None
+    return int(calls[0]), int(events[0])
+
+
+def head(conn: Conn) -> int:
+    """The committed head: the head row's ``seq`` (readers never lock it)."""
+    row = conn.execute("SELECT seq FROM tracker_head WHERE id = 1").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+# Streaming reads (export, copy): a server-side cursor each, inside one REPEATABLE READ
+# transaction for a consistent snapshot.
+
+
+def iter_calls(conn: Conn) -> Iterator[CallRecord]:
+    decode = _state_dec.decode
+    with conn.cursor(name="tracker_calls") as cur:
+        cur.itersize = 2000
+        cur.execute("SELECT state, outcome FROM calls ORDER BY last_seq")
+        for state, outcome in cur:
+            yield CallRecord(decode(state), outcome)
+
+
+def iter_events(conn: Conn, after: int = 0) -> Iterator[LoggedEvent]:
+    with conn.cursor(name="tracker_events") as cur:
+        cur.itersize = 2000
+        cur.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq".encode(), (after,)
+        )
+        for r in cur:
+            yield _event(r)

@@ -1,0 +1,170 @@
+"""Replay on PostgreSQL: fold the log from one snapshot into a new table, then, holding the head
+row (writers wait), catch up with what committed meanwhile and swap the table in, in one
+transaction. ``--check`` compares call by call instead."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import msgspec
+import psycopg
+
+from tracker.records import CallRecord, Drift
+from tracker.render import ORPHAN, drift_fields
+from tracker.state import CallState
+from tracker.storage.postgres.schema import calls_ddl, calls_indexes
+from tracker.storage.postgres.writes import CALL_COLUMNS, INSERT_CALL, LOCK_HEAD
+from tracker.storage.sqlite.replay import _fold_rows
+from tracker.storage.sqlite.writes import row_of
+
+Conn = psycopg.Connection[Any]
+Progress = Callable[[int, int], None]
+
+_state_dec = msgspec.msgpack.Decoder(CallState)
+_CALL_ROWS = "call_key, seq, call_id, fact"
+_INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
+
+
+def _iter_folded(conn: Conn, max_seq: int) -> Iterator[tuple[int, CallState]]:
+    with conn.cursor(name="tracker_replay") as cur:
+        cur.itersize = 5000
+        cur.execute(
+            f"SELECT {_CALL_ROWS} FROM events WHERE call_key IS NOT NULL AND seq <= %s"
+            " ORDER BY call_key, seq".encode(),
+            (max_seq,),
+        )
+        yield from _fold_rows((r[0], r[1], r[2], bytes(r[3])) for r in cur)
+
+
+def _fold_call(conn: Conn, call_key: int) -> CallState | None:
+    rows = conn.execute(
+        f"SELECT {_CALL_ROWS} FROM events WHERE call_key = %s ORDER BY seq".encode(), (call_key,)
+    ).fetchall()
+    for _, state in _fold_rows((r[0], r[1], r[2], bytes(r[3])) for r in rows):
+        return state
+    return None
+
+
+def replay(
+    conn: Conn,
+    reader: Conn,
+    outcomes: Mapping[str, str],
+    *,
+    check: bool = False,
+    progress: Progress | None = None,
+) -> list[Drift]:
+    """``conn``: a connection for the writes; ``reader``: one for the snapshot pass."""
+    with reader.transaction():
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        total = int(_one(reader, "SELECT count(*) FROM calls"))
+        max_seq = int(_one(reader, "SELECT seq FROM tracker_head WHERE id = 1"))
+        if check:
+            return _check(reader, max_seq, outcomes, total, progress)
+        name = f"calls_rebuild_{secrets.token_hex(4)}"
+        _rebuild(conn, reader, outcomes, name, max_seq, total, progress)
+    _swap(conn, name, outcomes, max_seq)
+    return []
+
+
+def _one(conn: Conn, sql: str) -> Any:
+    row = conn.execute(sql.encode()).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _check(
+    reader: Conn, max_seq: int, outcomes: Mapping[str, str], total: int, progress: Progress | None
+) -> list[Drift]:
+    drift: list[Drift] = []
+    seen: set[int] = set()
+    lookup = f"SELECT {_INSERT_COLUMNS} FROM calls WHERE call_key = %s".encode()
+    names = _INSERT_COLUMNS.replace(" ", "").split(",")
+    for n, (call_key, state) in enumerate(_iter_folded(reader, max_seq), 1):
+        seen.add(call_key)
+        got = reader.execute(lookup, (call_key,)).fetchone()
+        want_row = (call_key, *row_of(state, outcomes))
+        if got is not None and tuple(got) == want_row:
+            continue
+        if got is None:
+            drift.append((state.call_id, drift_fields(None, state, outcomes)))
+            continue
+        have: CallRecord | None
+        try:
+            have = CallRecord(_state_dec.decode(got[-1]), got[3])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            have = None
+        columns = {
+            column: (got[i], want_row[i])
+            for i, column in enumerate(names[:-1])
+            if got[i] != want_row[i]
+        }
+        drift.append(
+            (state.call_id, drift_fields(have, state, outcomes, columns, unreadable=have is None))
+        )
+        if progress and n % 10000 == 0:
+            progress(n, total)
+    for call_key, call_id in reader.execute("SELECT call_key, call_id FROM calls").fetchall():
+        if call_key not in seen:
+            drift.append((call_id, dict(ORPHAN)))
+    return drift
+
+
+def _rebuild(
+    conn: Conn,
+    reader: Conn,
+    outcomes: Mapping[str, str],
+    name: str,
+    max_seq: int,
+    total: int,
+    progress: Progress | None,
+) -> None:
+    """Fold into ``name`` (indexes built after the bulk load), committed in chunks."""
+    conn.execute(calls_ddl(name).encode())
+    insert = INSERT_CALL.replace("INTO calls", f"INTO {name}", 1).encode()
+    try:
+        n = 0
+        chunk: list[tuple[Any, ...]] = []
+        for n, (call_key, state) in enumerate(_iter_folded(reader, max_seq), 1):
+            chunk.append((call_key, *row_of(state, outcomes)))
+            if len(chunk) >= 5000:
+                with conn.cursor() as cur:
+                    cur.executemany(insert, chunk)
+                chunk.clear()
+                if progress:
+                    progress(n, total)
+        if chunk:
+            with conn.cursor() as cur:
+                cur.executemany(insert, chunk)
+        for sql in calls_indexes(name):
+            conn.execute(sql.encode())
+        if progress:
+            progress(n, total)
+    except BaseException:
+        conn.execute(f"DROP TABLE IF EXISTS {name}".encode())
+        raise
+
+
+def _swap(conn: Conn, name: str, outcomes: Mapping[str, str], max_seq: int) -> None:
+    """Holding the head row: refold the calls that changed since the snapshot, swap, bump the
+    epoch (writers drop their cached calls)."""
+    insert = INSERT_CALL.replace("INTO calls", f"INTO {name}", 1).encode()
+    try:
+        with conn.transaction():
+            conn.execute(LOCK_HEAD)
+            late = conn.execute(
+                "SELECT DISTINCT call_key FROM events WHERE seq > %s AND call_key IS NOT NULL",
+                (max_seq,),
+            ).fetchall()
+            for (call_key,) in late:
+                latest = _fold_call(conn, call_key)
+                if latest is not None:
+                    conn.execute(f"DELETE FROM {name} WHERE call_key = %s".encode(), (call_key,))
+                    conn.execute(insert, (call_key, *row_of(latest, outcomes)))
+            conn.execute("DROP TABLE calls")
+            conn.execute(f"ALTER TABLE {name} RENAME TO calls".encode())
+            conn.execute("UPDATE tracker_head SET epoch = epoch + 1 WHERE id = 1")
+    except BaseException:
+        conn.execute(f"DROP TABLE IF EXISTS {name}".encode())
+        raise
