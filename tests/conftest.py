@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from databases import fresh_pg_database
 
 from tracker.storage.sqlite import SqliteStorage as Store
 
@@ -34,33 +32,6 @@ def store(db_path: Path) -> Iterator[Store]:
 
 # --------------------------------------------------------------------------------------------
 # Backends: every behaviour test that takes ``backend`` runs on SQLite and on PostgreSQL
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _pg_unavailable(why: str) -> None:
-    """Outside CI a missing server skips the PostgreSQL tests; in CI it fails them."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"PostgreSQL is required in CI: {why}")
-    pytest.skip(f"PostgreSQL not available: {why}")
-
-
-@contextlib.contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database (``t_<uuid>``), dropped afterwards; yields its URL."""
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex}"
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f"CREATE DATABASE {name}".encode())
-    except psycopg.OperationalError as err:
-        _pg_unavailable(" ".join(str(err).split()))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
 
 
 @pytest.fixture

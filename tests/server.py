@@ -53,7 +53,7 @@ def run_tracker(
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen[str], url: str, db: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[str], url: str, db: Any) -> None:
         self.proc = proc
         self.url = url
         self.db = db
@@ -73,7 +73,7 @@ class Server:
 
 
 def start_server(
-    db: Path,
+    db: Path | str,
     *,
     config: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -138,7 +138,7 @@ def _drain(proc: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def running(db: Path, **kw: Any) -> Iterator[Server]:
+def running(db: Path | str, **kw: Any) -> Iterator[Server]:
     server = start_server(db, **kw)
     try:
         yield server

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, quote
 import httpx
 import msgspec
 import pytest
+from databases import module_db
 from server import Server, running, write_config
 
 from tests.callbacks import V1_BASE, v1
@@ -68,8 +69,14 @@ def hangup_body(call_id: str) -> dict[str, str]:
     )
 
 
-def rows(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read the server's SQLite file directly, from this process (a fresh connection)."""
+def rows(db: Path | str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read the server's database directly, from this process (a fresh connection): its SQLite
+    file, or its PostgreSQL database (``db`` a URL; ``?`` placeholders become ``%s``)."""
+    if str(db).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(db)) as pg:
+            return pg.execute(sql.replace("?", "%s").encode(), args).fetchall()
     with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
         return conn.execute(sql, args).fetchall()
 
@@ -104,10 +111,12 @@ def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     return body
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server with the default configuration, shared by the module."""
-    with running(tmp_path_factory.mktemp("srv") / "tracker.db") as server:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def srv(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server with the default configuration per backend, shared by the module."""
+    with module_db(request.param, tmp_path_factory) as db, running(db) as server:
         yield server
 
 
@@ -192,8 +201,8 @@ def test_the_same_event_with_other_key_order_and_whitespace_is_a_duplicate(
     assert client.get(f"/calls/{cid}").json()["eventCount"] == 1
 
 
-def test_a_duplicate_is_recognised_after_a_restart_on_the_same_file(tmp_path: Path) -> None:
-    db = tmp_path / "restart.db"
+def test_a_duplicate_is_recognised_after_a_restart_on_the_same_database(db_target: str) -> None:
+    db = db_target
     cid = new_id()
     event = hangup_body(cid)
     with running(db) as server, server.client() as c:
@@ -280,12 +289,14 @@ def test_call_ids_with_braces_quotes_spaces_unicode_and_slashes_round_trip(
 # Errors and the quarantine
 
 
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server with a small body limit and batch limit."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def limited(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A server with a small body limit and batch limit (per backend)."""
     d = tmp_path_factory.mktemp("limited")
     config = write_config(d / "config.toml", {"ingest": {"max_body_bytes": 2048, "max_batch": 3}})
-    with running(d / "tracker.db", config=config) as server:
+    with module_db(request.param, tmp_path_factory) as db, running(db, config=config) as server:
         yield server
 
 
@@ -771,7 +782,7 @@ def call_flow(rng: random.Random, n: int) -> list[dict[str, str]]:
 
 
 def test_many_concurrent_clients_with_shuffled_duplicated_events_agree_with_the_local_fold(
-    tmp_path: Path,
+    db_target: str,
 ) -> None:
     rng = random.Random(20121114)
     events = [e for n in range(300) for e in call_flow(rng, n)]
@@ -796,7 +807,7 @@ def test_many_concurrent_clients_with_shuffled_duplicated_events_agree_with_the_
             continue
         merged.append((how, list(evs)))
 
-    db = tmp_path / "concurrent.db"
+    db = db_target
     results: list[tuple[bytes, int, bool]] = []
     lock = threading.Lock()
     failures: list[str] = []

@@ -59,7 +59,7 @@ def _make_server(config: uvicorn.Config, db: str) -> uvicorn.Server:
                 name = self.servers[0].sockets[0].getsockname()
                 host, port = str(name[0]), int(name[1])
                 url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-                say(f"listening on {url} (db: {os.path.abspath(db)})")
+                say(f"listening on {url} (db: {db})")
 
     return Server(config)
 
@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"server.log_level must be one of {', '.join(LOG_LEVELS)}, "
             f"got {settings.server.log_level!r}"
         )
-    if Path(settings.storage.path).is_dir():
+    if not settings.storage.url and Path(settings.storage.path).is_dir():
         raise CliError(f"storage.path {settings.storage.path} is a directory", EXIT_USAGE)
     from tracker.http import create_app
 
@@ -90,7 +90,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http="httptools",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = _make_server(config, settings.storage.path)
+    from tracker.storage import describe
+
+    where = describe(settings) if settings.storage.url else os.path.abspath(settings.storage.path)
+    server = _make_server(config, where)
     # What is alive after start-up lives for the whole run: keep it out of the collector's
     # scans, and collect the old generations rarely. Halves ingest p99 under load (full
     # collections were pausing the event loop and the writer; BENCHMARKS.md).
