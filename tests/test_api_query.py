@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx2
 import msgspec
 import pytest
+from databases import module_db
 from starlette.testclient import TestClient
 
 from tests.callbacks import SPEC_EXAMPLE_VIEW, V1_BASE, v1
@@ -47,16 +48,18 @@ def at(ms: int) -> str:
 
 
 @contextlib.contextmanager
-def serving(db: Path, **sections: dict[str, Any]) -> Iterator[TestClient]:
-    """The app on ``db`` with extra configuration sections, lifespan running."""
-    settings = load_settings(env={}, overrides={"storage": {"path": str(db)}, **sections})
+def serving(db: Path | str, **sections: dict[str, Any]) -> Iterator[TestClient]:
+    """The app on ``db`` (a SQLite file or a PostgreSQL URL) with extra configuration sections,
+    lifespan running."""
+    key = "url" if str(db).startswith("postgresql://") else "path"
+    settings = load_settings(env={}, overrides={"storage": {key: str(db)}, **sections})
     with TestClient(create_app(settings)) as client:
         yield client
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    with serving(tmp_path / "tracker.db") as c:
+def client(db_target: str) -> Iterator[TestClient]:
+    with serving(db_target) as c:
         yield c
 
 
@@ -125,16 +128,16 @@ def call_events(n: int, rng: random.Random) -> list[dict[str, str]]:
     ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def dataset(
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TestClient, dict[int, Any]]]:
     """60 calls posted in shuffled batches; yields the client and ``{seq: event}``."""
     rng = random.Random(7)
     events = [e for n in range(60) for e in call_events(n, rng)]
     rng.shuffle(events)
     by_seq: dict[int, dict[str, str]] = {}
-    with serving(tmp_path_factory.mktemp("dataset") / "tracker.db") as c:
+    with module_db(request.param, tmp_path_factory) as db, serving(db) as c:
         for i in range(0, len(events), 25):
             batch = events[i : i + 25]
             for e, res in zip(batch, post(c, batch)["results"], strict=True):
@@ -379,8 +382,8 @@ def test_keyset_pagination_walks_every_call_once(
     assert first["next"] == str(first["calls"][-1]["lastSeq"])
 
 
-def test_new_calls_during_a_walk_do_not_shift_the_pages(tmp_path: Path) -> None:
-    with serving(tmp_path / "walk.db") as c:
+def test_new_calls_during_a_walk_do_not_shift_the_pages(db_target: str) -> None:
+    with serving(db_target) as c:
         for n in range(10):
             post(c, v1("incomingcall", f"c-{n}", at(DAY0 + n * 1000)))
         page1 = c.get("/calls", params={"limit": 4}).json()
@@ -536,11 +539,11 @@ def test_healthz_is_ok_and_readyz_reports_the_last_seq(client: TestClient) -> No
     assert client.get("/readyz").json() == {"status": "ready", "lastSeq": 1}
 
 
-def test_metrics_are_prometheus_text_and_move_with_the_traffic(tmp_path: Path) -> None:
+def test_metrics_are_prometheus_text_and_move_with_the_traffic(db_target: str) -> None:
     creds = ("bw", "secret")
     bearer = {"authorization": "Bearer tok"}
     sections = {"ingest": {"username": "bw", "password": "secret"}, "query": {"token": "tok"}}
-    with serving(tmp_path / "metrics.db", **sections) as c:
+    with serving(db_target, **sections) as c:
 
         def scrape() -> dict[str, float]:
             r = c.get("/metrics", headers=bearer)
@@ -642,8 +645,8 @@ def test_the_openapi_document_is_openapi_3_and_lists_every_route(client: TestCli
 # The bearer token of the query API
 
 
-def test_a_query_token_guards_every_query_route_but_health_and_ingest(tmp_path: Path) -> None:
-    with serving(tmp_path / "token.db", query={"token": "s3cr3t"}) as c:
+def test_a_query_token_guards_every_query_route_but_health_and_ingest(db_target: str) -> None:
+    with serving(db_target, query={"token": "s3cr3t"}) as c:
         # ingest is not the query API: no token needed
         post(c, v1("incomingcall", "c-1", "2012-11-14T15:55:01Z"))
         assert c.post("/callbacks", content=b"{").status_code == 400
