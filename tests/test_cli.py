@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,10 +15,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
+from databases import module_db
 
 CALL_1 = [
     {
@@ -87,26 +90,67 @@ def run(
     )
 
 
-def load(tmp: Path, events: list[Any], name: str = "t.db") -> Path:
-    src = tmp / f"{name}.ndjson"
+class Target(NamedTuple):
+    """A database for ``--db``: run commands in ``parent`` with ``--db name`` (a file name
+    there, or a PostgreSQL URL)."""
+
+    parent: Path
+    name: str
+
+    @property
+    def is_pg(self) -> bool:
+        return self.name.startswith("postgresql://")
+
+
+def load(tmp: Path, events: list[Any], name: str = "t.db") -> Target:
+    src = tmp / "load.ndjson"
     src.write_text(ndjson(events))
     proc = run(tmp, "import", str(src), "--db", name)
     assert proc.returncode == 0, proc.stderr
-    return tmp / name
+    return Target(tmp, name)
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A loaded database for the tests that only read it (they must not change it)."""
+def execute(db: Target, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run SQL on the database directly (``?`` placeholders), from this process."""
+    if db.is_pg:
+        import psycopg
+
+        with psycopg.connect(db.name, autocommit=True) as pg:
+            cur = pg.execute(sql.replace("?", "%s").encode(), args)
+            return cur.fetchall() if cur.description else []
+    with contextlib.closing(sqlite3.connect(db.parent / db.name)) as conn, conn:
+        return conn.execute(sql, args).fetchall()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    """A loaded database per backend for the tests that only read it (they must not change it)."""
     tmp = tmp_path_factory.mktemp("shared")
-    return load(tmp, EVENTS)
+    with module_db(request.param, tmp_path_factory) as target:
+        yield load(tmp, EVENTS, "t.db" if request.param == "sqlite" else target)
 
 
 @pytest.fixture
-def db(tmp_path: Path, shared: Path) -> Path:
-    """A private copy of the loaded database."""
-    shutil.copy(shared, tmp_path / "t.db")
-    return tmp_path / "t.db"
+def db(tmp_path: Path, shared: Target, db_target: str) -> Target:
+    """A private copy of the loaded database (of ``shared``'s backend)."""
+    if not shared.is_pg:
+        shutil.copy(shared.parent / shared.name, tmp_path / "t.db")
+        return Target(tmp_path, "t.db")
+    return load(tmp_path, EVENTS, db_target)
+
+
+@pytest.fixture
+def backend(shared: Target) -> str:
+    """This module's tests follow ``shared``'s backend (one parametrization, not two)."""
+    return "postgresql" if shared.is_pg else "sqlite"
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Target:
+    """A loaded SQLite file (``backup`` copies SQLite files)."""
+    return load(tmp_path, EVENTS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,11 +158,11 @@ def db(tmp_path: Path, shared: Path) -> Path:
 
 
 def test_import_of_ndjson_counts_new_duplicate_and_rejected_lines_and_exits_1(
-    tmp_path: Path,
+    tmp_path: Path, db_target: str
 ) -> None:
     text = ndjson([*CALL_1, CALL_1[0], NO_CALL_ID]) + "\n   \n{not json\n"
     (tmp_path / "in.ndjson").write_text(text)
-    proc = run(tmp_path, "import", "in.ndjson", "--db", "t.db")
+    proc = run(tmp_path, "import", "in.ndjson", "--db", db_target)
     assert proc.returncode == 1
     assert proc.stdout.strip() == "imported 3 new, 1 duplicate, 2 rejected"
     assert "in.ndjson:5" in proc.stderr and "callId is required for hangup" in proc.stderr
@@ -127,11 +171,11 @@ def test_import_of_ndjson_counts_new_duplicate_and_rejected_lines_and_exits_1(
 
 
 def test_import_of_a_clean_file_exits_0_and_a_second_import_finds_only_duplicates(
-    tmp_path: Path,
+    tmp_path: Path, db_target: str
 ) -> None:
     (tmp_path / "in.ndjson").write_text(ndjson(EVENTS))
-    first = run(tmp_path, "import", "in.ndjson", "--db", "t.db")
-    second = run(tmp_path, "import", "in.ndjson", "--db", "t.db")
+    first = run(tmp_path, "import", "in.ndjson", "--db", db_target)
+    second = run(tmp_path, "import", "in.ndjson", "--db", db_target)
     assert (first.returncode, first.stdout.strip()) == (
         0,
         "imported 7 new, 0 duplicate, 0 rejected",
@@ -142,43 +186,43 @@ def test_import_of_a_clean_file_exits_0_and_a_second_import_finds_only_duplicate
     )
 
 
-def test_import_of_a_json_array_keeps_each_elements_exact_bytes(tmp_path: Path) -> None:
+def test_import_of_a_json_array_keeps_each_elements_exact_bytes(
+    tmp_path: Path, db_target: str
+) -> None:
     spaced = '{ "eventType" : "answer",  "callId": "c-1", "time": "2012-11-14T15:55:04Z" }'
     text = "  [\n" + json.dumps(CALL_1[0]) + ",\n" + spaced + ",\n  42\n]\n"
     (tmp_path / "in.json").write_text(text)
-    proc = run(tmp_path, "import", "in.json", "--db", "t.db")
+    proc = run(tmp_path, "import", "in.json", "--db", db_target)
     assert proc.returncode == 1
     assert proc.stdout.strip() == "imported 2 new, 0 duplicate, 1 rejected"
     assert "in.json:[2]" in proc.stderr
-    out = run(tmp_path, "export", "events", "--db", "t.db")
+    out = run(tmp_path, "export", "events", "--db", db_target)
     assert spaced in out.stdout.splitlines()[1]
 
 
 def test_import_treats_an_array_and_ndjson_of_the_same_events_as_duplicates(
-    tmp_path: Path,
+    tmp_path: Path, db_target: str
 ) -> None:
     (tmp_path / "in.json").write_text(json.dumps(CALL_1, indent=2))
     (tmp_path / "in.ndjson").write_text(ndjson(CALL_1))
-    assert run(tmp_path, "import", "in.json", "--db", "t.db").stdout.startswith("imported 3 new")
-    again = run(tmp_path, "import", "in.ndjson", "--db", "t.db")
+    assert run(tmp_path, "import", "in.json", "--db", db_target).stdout.startswith("imported 3 new")
+    again = run(tmp_path, "import", "in.ndjson", "--db", db_target)
     assert again.stdout.strip() == "imported 0 new, 3 duplicate, 0 rejected"
 
 
-def test_import_reads_stdin_when_the_file_is_a_dash(tmp_path: Path) -> None:
-    proc = run(tmp_path, "import", "-", "--db", "t.db", stdin=ndjson(CALL_2))
+def test_import_reads_stdin_when_the_file_is_a_dash(tmp_path: Path, db_target: str) -> None:
+    proc = run(tmp_path, "import", "-", "--db", db_target, stdin=ndjson(CALL_2))
     assert (proc.returncode, proc.stdout.strip()) == (0, "imported 2 new, 0 duplicate, 0 rejected")
 
 
 def test_rejected_lines_are_quarantined_with_their_reason_location_and_body(
-    tmp_path: Path,
+    tmp_path: Path, db_target: str
 ) -> None:
     body = json.dumps(NO_CALL_ID)
     (tmp_path / "in.ndjson").write_text(ndjson(CALL_2) + body + "\n[1,\n")
-    assert run(tmp_path, "import", "in.ndjson", "--db", "t.db").returncode == 1
-    with sqlite3.connect(tmp_path / "t.db") as conn:
-        rows = conn.execute(
-            "SELECT status, error, detail, path, body FROM rejects ORDER BY id"
-        ).fetchall()
+    assert run(tmp_path, "import", "in.ndjson", "--db", db_target).returncode == 1
+    target = Target(tmp_path, db_target)
+    rows = execute(target, "SELECT status, error, detail, path, body FROM rejects ORDER BY id")
     assert [r[:2] for r in rows] == [(422, "invalid_event"), (400, "invalid_json")]
     assert rows[0][2] == "callId is required for hangup"
     assert rows[0][3] == "import:in.ndjson:3"
@@ -186,14 +230,13 @@ def test_rejected_lines_are_quarantined_with_their_reason_location_and_body(
     assert rows[1][3] == "import:in.ndjson:4"
 
 
-def test_a_malformed_json_array_is_quarantined_whole(tmp_path: Path) -> None:
+def test_a_malformed_json_array_is_quarantined_whole(tmp_path: Path, db_target: str) -> None:
     (tmp_path / "in.json").write_text('[{"eventType": "answer", "callId": "c-1"},')
-    proc = run(tmp_path, "import", "in.json", "--db", "t.db")
+    proc = run(tmp_path, "import", "in.json", "--db", db_target)
     assert (proc.returncode, proc.stdout.strip()) == (1, "imported 0 new, 0 duplicate, 1 rejected")
-    with sqlite3.connect(tmp_path / "t.db") as conn:
-        assert conn.execute("SELECT status, path FROM rejects").fetchall() == [
-            (400, "import:in.json")
-        ]
+    assert execute(Target(tmp_path, db_target), "SELECT status, path FROM rejects") == [
+        (400, "import:in.json")
+    ]
 
 
 def test_import_refuses_to_add_its_schema_to_another_programs_database(tmp_path: Path) -> None:
@@ -218,7 +261,7 @@ def test_import_of_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 # export
 
 
-def test_export_calls_as_ndjson_gives_every_call_view_by_last_seq(shared: Path) -> None:
+def test_export_calls_as_ndjson_gives_every_call_view_by_last_seq(shared: Target) -> None:
     proc = run(shared.parent, "export", "calls", "--db", shared.name)
     assert proc.returncode == 0, proc.stderr
     calls = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -226,7 +269,7 @@ def test_export_calls_as_ndjson_gives_every_call_view_by_last_seq(shared: Path) 
     assert calls[0]["outcome"] == "normal" and calls[1]["outcome"] == "busy"
 
 
-def test_export_events_as_ndjson_gives_the_log_in_seq_order_with_payloads(shared: Path) -> None:
+def test_export_events_as_ndjson_gives_the_log_in_seq_order_with_payloads(shared: Target) -> None:
     proc = run(shared.parent, "export", "events", "--db", shared.name)
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["seq"] for r in rows] == list(range(1, len(EVENTS) + 1))
@@ -234,7 +277,7 @@ def test_export_events_as_ndjson_gives_the_log_in_seq_order_with_payloads(shared
     assert list(rows[0]) == ["seq", "receivedAt", "eventType", "callId", "time", "payload"]
 
 
-def test_export_as_csv_has_the_json_field_names_as_its_header(shared: Path) -> None:
+def test_export_as_csv_has_the_json_field_names_as_its_header(shared: Target) -> None:
     calls = run(shared.parent, "export", "calls", "--format", "csv", "--db", shared.name)
     ndjson_calls = run(shared.parent, "export", "calls", "--db", shared.name)
     events = run(shared.parent, "export", "events", "--format", "csv", "--db", shared.name)
@@ -252,7 +295,7 @@ def test_export_as_csv_has_the_json_field_names_as_its_header(shared: Path) -> N
 
 
 def test_a_call_id_with_quotes_commas_and_a_newline_round_trips_through_csv(
-    shared: Path,
+    shared: Target,
 ) -> None:
     calls = run(shared.parent, "export", "calls", "--format", "csv", "--db", shared.name)
     events = run(shared.parent, "export", "events", "--format", "csv", "--db", shared.name)
@@ -266,7 +309,7 @@ def test_a_call_id_with_quotes_commas_and_a_newline_round_trips_through_csv(
     assert [json.loads(r["payload"]) for r in event_rows] == EVENTS
 
 
-def test_export_to_a_file_writes_it_and_leaves_stdout_empty(shared: Path, tmp_path: Path) -> None:
+def test_export_to_a_file_writes_it_and_leaves_stdout_empty(shared: Target, tmp_path: Path) -> None:
     out = tmp_path / "calls.ndjson"
     proc = run(shared.parent, "export", "calls", "--db", shared.name, "--output", str(out))
     assert (proc.returncode, proc.stdout) == (0, "")
@@ -305,7 +348,7 @@ def test_export_into_a_pipe_closed_early_exits_quietly(tmp_path: Path) -> None:
 # show
 
 
-def test_show_prints_a_known_calls_state_as_json(shared: Path) -> None:
+def test_show_prints_a_known_calls_state_as_json(shared: Target) -> None:
     proc = run(shared.parent, "show", "c-1", "--db", shared.name)
     assert proc.returncode == 0
     view = json.loads(proc.stdout)
@@ -313,7 +356,7 @@ def test_show_prints_a_known_calls_state_as_json(shared: Path) -> None:
     assert view["talkSeconds"] == 68.636
 
 
-def test_show_with_events_adds_the_calls_timeline(shared: Path) -> None:
+def test_show_with_events_adds_the_calls_timeline(shared: Target) -> None:
     proc = run(shared.parent, "show", "c-2", "--events", "--db", shared.name)
     doc = json.loads(proc.stdout)
     assert doc["call"]["callId"] == "c-2"
@@ -321,7 +364,7 @@ def test_show_with_events_adds_the_calls_timeline(shared: Path) -> None:
     assert doc["events"][1]["payload"] == CALL_2[1]
 
 
-def test_show_of_an_unknown_call_exits_1_with_a_message(shared: Path) -> None:
+def test_show_of_an_unknown_call_exits_1_with_a_message(shared: Target) -> None:
     proc = run(shared.parent, "show", "c-404", "--db", shared.name)
     assert (proc.returncode, proc.stdout) == (1, "")
     assert "c-404" in proc.stderr and "Traceback" not in proc.stderr
@@ -339,22 +382,20 @@ def test_reading_commands_refuse_a_database_that_does_not_exist(tmp_path: Path) 
 # replay
 
 
-def tamper(db: Path, call_id: str, status: str, outcome: str | None) -> None:
+def tamper(db: Target, call_id: str, status: str, outcome: str | None) -> None:
     """Give a call stored columns its log does not support (as a bug or a hand edit would)."""
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "UPDATE calls SET status = ?, outcome = ? WHERE call_id = ?", (status, outcome, call_id)
-        )
-    conn.close()
+    execute(
+        db, "UPDATE calls SET status = ?, outcome = ? WHERE call_id = ?", (status, outcome, call_id)
+    )
 
 
-def test_replay_check_finds_no_drift_in_a_fresh_database(db: Path) -> None:
+def test_replay_check_finds_no_drift_in_a_fresh_database(db: Target) -> None:
     proc = run(db.parent, "replay", "--check", "--db", db.name)
     assert proc.returncode == 0
     assert "no drift" in proc.stdout
 
 
-def test_replay_check_reports_a_tampered_call_and_replay_repairs_it(db: Path) -> None:
+def test_replay_check_reports_a_tampered_call_and_replay_repairs_it(db: Target) -> None:
     tamper(db, "c-2", status="answered", outcome=None)
     check = run(db.parent, "replay", "--check", "--db", db.name)
     assert check.returncode == 1
@@ -370,10 +411,8 @@ def test_replay_check_reports_a_tampered_call_and_replay_repairs_it(db: Path) ->
     assert json.loads(run(db.parent, "show", "c-2", "--db", db.name).stdout)["status"] == "ended"
 
 
-def test_replay_check_reports_a_call_missing_from_the_projection(db: Path) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM calls WHERE call_id = 'c-1'")
-    conn.close()
+def test_replay_check_reports_a_call_missing_from_the_projection(db: Target) -> None:
+    execute(db, "DELETE FROM calls WHERE call_id = 'c-1'")
     check = run(db.parent, "replay", "--check", "--db", db.name)
     assert check.returncode == 1 and '"c-1"' in check.stdout
 
@@ -382,12 +421,12 @@ def test_replay_check_reports_a_call_missing_from_the_projection(db: Path) -> No
 # backup
 
 
-def test_backup_writes_a_valid_copy_with_the_same_events(db: Path, tmp_path: Path) -> None:
+def test_backup_writes_a_valid_copy_with_the_same_events(sqlite_db: Target, tmp_path: Path) -> None:
     dest = tmp_path / "backups" / "b.db"
-    proc = run(db.parent, "backup", str(dest), "--db", db.name)
+    proc = run(sqlite_db.parent, "backup", str(dest), "--db", sqlite_db.name)
     assert proc.returncode == 0, proc.stderr
     assert "7 events" in proc.stdout and str(dest.stat().st_size) in proc.stdout
-    with sqlite3.connect(dest) as copy, sqlite3.connect(db) as orig:
+    with sqlite3.connect(dest) as copy, sqlite3.connect(sqlite_db.parent / sqlite_db.name) as orig:
         assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         query = "SELECT seq, dkey, body FROM events ORDER BY seq"
         assert copy.execute(query).fetchall() == orig.execute(query).fetchall()
@@ -398,21 +437,21 @@ def test_backup_writes_a_valid_copy_with_the_same_events(db: Path, tmp_path: Pat
     assert json.loads(shown.stdout)["callId"] == "c-1"
 
 
-def test_backup_refuses_to_overwrite_unless_forced(db: Path, tmp_path: Path) -> None:
+def test_backup_refuses_to_overwrite_unless_forced(sqlite_db: Target, tmp_path: Path) -> None:
     dest = tmp_path / "b.db"
     dest.write_bytes(b"precious")
-    refused = run(db.parent, "backup", str(dest), "--db", db.name)
+    refused = run(sqlite_db.parent, "backup", str(dest), "--db", sqlite_db.name)
     assert refused.returncode == 1 and "--force" in refused.stderr
     assert dest.read_bytes() == b"precious"
-    forced = run(db.parent, "backup", str(dest), "--force", "--db", db.name)
+    forced = run(sqlite_db.parent, "backup", str(dest), "--force", "--db", sqlite_db.name)
     assert forced.returncode == 0
     assert dest.read_bytes().startswith(b"SQLite format 3\x00")
 
 
-def test_backup_never_overwrites_the_database_itself(db: Path) -> None:
-    proc = run(db.parent, "backup", db.name, "--force", "--db", db.name)
+def test_backup_never_overwrites_the_database_itself(sqlite_db: Target) -> None:
+    proc = run(sqlite_db.parent, "backup", sqlite_db.name, "--force", "--db", sqlite_db.name)
     assert proc.returncode == 2
-    assert run(db.parent, "show", "c-1", "--db", db.name).returncode == 0
+    assert run(sqlite_db.parent, "show", "c-1", "--db", sqlite_db.name).returncode == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +488,7 @@ def test_storage_path_precedence_is_flag_then_environment_then_file(tmp_path: Pa
     assert (tmp_path / "file.db").exists()
 
 
-def test_an_unknown_tracker_variable_is_only_a_warning(shared: Path) -> None:
+def test_an_unknown_tracker_variable_is_only_a_warning(shared: Target) -> None:
     proc = run(shared.parent, "show", "c-1", "--db", shared.name, env={"TRACKER_NOPE": "1"})
     assert proc.returncode == 0
     assert "TRACKER_NOPE" in proc.stderr
@@ -534,3 +573,14 @@ def test_serve_on_port_0_prints_its_port_serves_and_exits_0_on_a_signal(
 def test_a_negative_read_mmap_size_exits_2_naming_it(tmp_path: Path) -> None:
     proc = run(tmp_path, "show", "c-1", env={"TRACKER_STORAGE_READ_MMAP_MB": "-1"})
     assert proc.returncode == 2 and "storage.read_mmap_mb" in proc.stderr
+
+
+def test_backup_on_postgresql_refuses_naming_pg_dump_and_tracker_copy(
+    pg_url: str, tmp_path: Path
+) -> None:
+    tmp = tmp_path
+    load(tmp, CALL_1, pg_url)
+    proc = run(tmp, "backup", "b.db", "--db", pg_url)
+    assert proc.returncode == 1, proc.stderr
+    assert "pg_dump" in proc.stderr and "tracker copy" in proc.stderr
+    assert not (tmp / "b.db").exists()
