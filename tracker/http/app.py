@@ -117,7 +117,7 @@ class TrackerApp:
         self.queries.storage = storage
         self.callbacks.writer = self.writer
         self.callbacks.forwarder = self.forwarder
-        self.live.start()
+        self.live.start(storage)
         self._sweeper = asyncio.get_running_loop().create_task(self.callbacks.sweep_reads())
 
     async def close(self) -> None:

@@ -8,7 +8,8 @@ after its ``seq``. The server's shutdown ends the streams first (:meth:`LiveStre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import msgspec
@@ -36,15 +37,24 @@ class LiveStream:
         self.queries = queries
         self._changed: asyncio.Event | None = None
         self._closing = False
+        self._watcher: HeadWatcher | None = None
         self.clients = 0
 
-    def start(self) -> None:
+    def start(self, storage: Storage | None = None) -> None:
+        """Ready the streams; with ``storage``, also follow its committed head in a thread, so
+        events committed by other processes or hosts (one PostgreSQL database) wake the
+        streams too, within a second."""
         self._changed = asyncio.Event()
         self._closing = False
+        if storage is not None:
+            self._watcher = HeadWatcher(storage, asyncio.get_running_loop(), self.notify)
 
     def stop(self) -> None:
         """End the live streams (the server is shutting down, or the app closes)."""
         self._closing = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
         self.notify()
 
     def notify(self) -> None:
@@ -95,3 +105,42 @@ class LiveStream:
                     yield b": keep-alive\n\n"
         finally:
             self.clients -= 1
+
+
+class HeadWatcher:
+    """A thread that waits on :meth:`Storage.wait_for_head` and calls ``wake`` on the loop each
+    time the committed head moves (whoever committed). Errors (a database away) are retried."""
+
+    WAIT_SECONDS = 1.0
+
+    def __init__(
+        self, storage: Storage, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]
+    ) -> None:
+        self.storage = storage
+        self.loop = loop
+        self.wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tracker-head", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        known = -1
+        while not self._stop.is_set():
+            try:
+                head = self.storage.wait_for_head(max(known, 0), self.WAIT_SECONDS)
+            except StorageUnavailable:
+                self._stop.wait(self.WAIT_SECONDS)
+                continue
+            except Exception:  # a closed storage at shutdown
+                if self._stop.wait(self.WAIT_SECONDS):
+                    return
+                continue
+            if head != known:
+                known = head
+                try:
+                    self.loop.call_soon_threadsafe(self.wake)
+                except RuntimeError:  # the loop is closed
+                    return

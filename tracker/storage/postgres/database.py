@@ -28,7 +28,7 @@ from tracker.records import (
     Reject,
     StoredReject,
 )
-from tracker.storage.errors import OpenFailed, StorageError
+from tracker.storage.errors import OpenFailed, ReadFailed, StorageError
 from tracker.storage.interface import Progress
 from tracker.storage.postgres import queries
 from tracker.storage.postgres.errors import commit_failed, read_failed, redact
@@ -75,6 +75,7 @@ class PostgresStorage:
         self._conn: Conn | None = None
         self._pool: ConnectionPool[Conn] | None = None
         self._lock = threading.Lock()
+        self._connecting = threading.Lock()
         self._listener: Listener | None = None
         self._closed = False
         try:
@@ -94,6 +95,10 @@ class PostgresStorage:
 
     def _connect(self) -> Conn:
         """The write connection, (re)connected and the schema checked or migrated."""
+        with self._connecting:
+            return self._connect_locked()
+
+    def _connect_locked(self) -> Conn:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
@@ -132,7 +137,7 @@ class PostgresStorage:
                             "connect_timeout": 5,
                             "options": f"-c statement_timeout={self.statement_timeout_ms}",
                         },
-                        timeout=5.0,
+                        timeout=3.0,
                         name="tracker-read",
                         open=True,
                     )
@@ -143,15 +148,21 @@ class PostgresStorage:
         """``fn`` on a pooled read connection, the driver's errors as ours."""
         if self._closed:
             raise StorageError(f"the storage {self.where} is closed")
+        if self._conn is None:  # never connected, or the connection was lost: fail fast
+            try:
+                self._connect()
+            except OpenFailed as err:
+                raise ReadFailed(err.detail) from err
         for attempt in (1, 2):
             try:
                 with self._readers().connection() as conn:
                     return fn(conn, *args, **kw)
             except psycopg.OperationalError as err:
                 # a pooled connection the server dropped (a restart, a failover, a terminated
-                # backend) is discarded by the pool: once more on a fresh one
+                # backend): drop every dead one, then once more on a live one
                 if attempt == 2:
                     raise read_failed(err) from err
+                self._check_pool()
             except psycopg.Error as err:
                 raise read_failed(err) from err
             except PoolTimeout as err:
@@ -199,14 +210,23 @@ class PostgresStorage:
                 conn.close()
 
     def probe(self, *, write: bool) -> None:
-        conn = self._writable()
+        """On a read connection of its own (the writer's belongs to the writer thread): the
+        schema is there (created now if the database was away at start-up), the server is a
+        primary, and with ``write`` the head row's lock, which every write takes first, can be
+        taken."""
+        self._writable()
         try:
-            with conn.transaction():
-                # the head row's lock: what every write takes first
-                conn.execute("SELECT seq FROM tracker_head WHERE id = 1 FOR UPDATE")
-        except psycopg.Error as err:
-            self.recover()
-            raise commit_failed(err) from err
+            self._read(_probe, write)
+        except ReadFailed as err:
+            raise StorageError(
+                f"storage cannot commit ({err.detail}); nothing was stored, retry later"
+            ) from err
+
+    def _check_pool(self) -> None:
+        pool = self._pool
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.check()
 
     def start_maintenance(self) -> None:
         """Nothing to keep up on PostgreSQL (its autovacuum does); start the read pool."""
@@ -323,6 +343,17 @@ class PostgresStorage:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _probe(conn: Conn, write: bool) -> None:
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    if row is not None and row[0]:
+        raise psycopg.errors.ReadOnlySqlTransaction("the server is a standby (read-only)")
+    if write:
+        with conn.transaction():
+            conn.execute("SELECT seq FROM tracker_head WHERE id = 1 FOR UPDATE")
+    else:
+        conn.execute("SELECT seq FROM tracker_head WHERE id = 1")
 
 
 class PostgresSnapshot:
