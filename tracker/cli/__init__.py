@@ -1,4 +1,4 @@
-"""The ``tracker`` command line: serve, replay, import, export, show and backup.
+"""The ``tracker`` command line: serve, replay, import, export, show, backup and copy.
 
 Every command takes ``--db PATH`` and ``--config PATH``; settings are built-in defaults < config
 file < ``TRACKER_<SECTION>_<KEY>`` environment variables < flags. Exit codes: 0 ok; 1 a data
@@ -21,6 +21,7 @@ import msgspec
 from tracker import __version__
 from tracker.cli.commands import cmd_backup, cmd_export, cmd_import, cmd_replay, cmd_show
 from tracker.cli.common import EXIT_DATA, EXIT_OK, EXIT_USAGE, CliError, say
+from tracker.cli.copy import cmd_copy
 from tracker.cli.serve import cmd_serve
 from tracker.errors import ConfigError, TrackerError
 
@@ -126,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dest", metavar="DEST", help="the backup file to create")
     p.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
+
+    p = command(
+        "copy",
+        cmd_copy,
+        "copy the log into another database (SQLite <-> PostgreSQL)",
+        "Copy the log of --db (every event with its seq, receivedAt and exact body, and the "
+        "quarantine) into DEST, a SQLite file or a postgresql:// URL, which must be empty "
+        "(exit 1 otherwise, nothing written), building DEST's projection as it goes. "
+        "Afterwards `export calls` and `export events` give the same output on both.",
+    )
+    p.add_argument("dest", metavar="DEST", help="an empty SQLite file (or none yet) or a URL")
     return parser
 
 
