@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from tracker import store as st
 from tracker.config import Settings
+from tracker.dashboard import Dashboard, is_page
 from tracker.errors import (
     BadParameter,
     EventRejected,
@@ -46,7 +47,7 @@ from tracker.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from tracker.events import InvalidEvent, decode_object, parse_json, parse_time
+from tracker.events import InvalidEvent, decode_object, format_time, parse_json, parse_time
 from tracker.metrics import Metrics
 from tracker.openapi import document
 from tracker.state import OUTCOMES
@@ -316,6 +317,7 @@ def _query(request: Request) -> dict[str, str]:
 
 
 MAX_SEQ = (1 << 63) - 1
+MAX_STEP = 366 * 86400  # seconds: the widest bucket of GET /stats/series
 READ_THREADS = 2
 
 
@@ -349,9 +351,11 @@ class TrackerApp:
             (ing.username.encode(), ing.password.encode()) if ing.username else None
         )
         self._token = settings.query.token.encode() if settings.query.token else None
+        self.dashboard = Dashboard(self._token, self.metrics)
         routes = [
             Route("/calls", self.list_calls),
             Route("/stats", self.stats),
+            Route("/stats/series", self.series),
             Route("/events", self.events),
             Route("/events/stream", self.stream),
             Route("/rejects", self.rejects),
@@ -359,6 +363,7 @@ class TrackerApp:
             Route("/readyz", self.readyz),
             Route("/metrics", self.metrics_route),
             Route("/openapi.json", self.openapi),
+            *self.dashboard.routes(),
         ]
         self.starlette = Starlette(
             routes=routes,
@@ -526,7 +531,13 @@ class TrackerApp:
             if path == "/callbacks" or path.startswith("/callbacks/"):
                 await self.ingest(scope, receive, send, path)
                 return
-            if self._token is not None and path not in OPEN_PATHS and not self._bearer_ok(scope):
+            if (
+                self._token is not None
+                and path not in OPEN_PATHS
+                and not is_page(path)
+                and not self._bearer_ok(scope)
+                and not self.dashboard.cookie_ok(scope)
+            ):
                 self.metrics.query_auth_failures += 1
                 await send_error(send, Unauthorized("a bearer token is required", "Bearer"))
                 return
@@ -787,6 +798,43 @@ class TrackerApp:
         since, until = _time_param(params, "since"), _time_param(params, "until")
         out = await self._read(lambda c: st.stats(c, since=since, until=until))
         return Response(_json.encode(out), media_type="application/json")
+
+    async def series(self, request: Request) -> Response:
+        """Calls per time bucket by outcome (the dashboard's chart); see :func:`st.series`."""
+        params = _query(request)
+        _only(params, {"since", "until", "step"})
+        since, until = _time_param(params, "since"), _time_param(params, "until")
+        step = _int_param(params, "step", 0, 1, MAX_STEP) if "step" in params else None
+        if since is None or until is None:
+            lo, hi = await self._read(st.time_bounds)
+            if until is None:
+                until = hi + 1 if hi is not None and since is None else st.now_ms()
+            if since is None:
+                since = lo if lo is not None and lo < until else until
+        if until < since:
+            raise BadParameter("until must not be before since")
+        span = until - since
+        if step is None:  # the smallest usual width that fits; bucket starts on its multiples
+            step = next((s for s in st.NICE_STEPS if span <= s * 1000 * st.MAX_BUCKETS), MAX_STEP)
+            if "since" not in params:
+                since -= since % (step * 1000)
+                span = until - since
+        buckets = -(-span // (step * 1000))
+        if buckets > st.MAX_BUCKETS:
+            raise BadParameter(
+                f"step {step} s cuts this range into {buckets} buckets; at most "
+                f"{st.MAX_BUCKETS}: give a larger step or a shorter range"
+            )
+        step_ms = step * 1000
+        counts = await self._read(lambda c: st.series(c, since=since, until=until, step_ms=step_ms))
+        body = {
+            "since": format_time(since),
+            "until": format_time(until),
+            "stepSeconds": step,
+            "times": [format_time(since + i * step_ms) for i in range(buckets)],
+            "byOutcome": {k: v[:buckets] for k, v in sorted(counts.items())},
+        }
+        return Response(_json.encode(body), media_type="application/json")
 
     async def events(self, request: Request) -> Response:
         params = _query(request)

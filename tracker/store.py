@@ -37,6 +37,7 @@ from tracker.state import (
     CallView,
     Fact,
     direction_of,
+    ended_at,
     evolve,
     fact_of,
     fold_distinct,
@@ -47,7 +48,7 @@ from tracker.state import (
     view,
 )
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: the started_at, answered_at, ended_at columns
 CACHE_CALLS: Final = 20_000  # calls whose state the writer keeps in memory
 
 _fact_enc = msgspec.msgpack.Encoder()
@@ -180,6 +181,9 @@ def _calls_columns() -> dict[str, Any]:
         "tag": str,
         "first_event_at": int,
         "last_seq": int,
+        "started_at": int,
+        "answered_at": int,
+        "ended_at": int,
         "state": bytes,
     }
 
@@ -256,6 +260,8 @@ def migrate(conn: sqlite3.Connection) -> None:
                 },
                 pk="id",
             )
+        if version < 2:
+            _add_time_columns(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -263,8 +269,29 @@ def migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _add_time_columns(conn: sqlite3.Connection) -> None:
+    """Schema 2: the call's start, answer and end times as columns (for ``/stats``' KPIs),
+    filled from each stored state."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(calls)")}
+    if "answered_at" in have:  # created at version 2 already
+        return
+    for column in _TIME_COLUMNS:
+        conn.execute(f"ALTER TABLE calls ADD COLUMN {column} INTEGER")
+    rows = conn.execute("SELECT call_key, state FROM calls").fetchall()
+    conn.executemany(
+        "UPDATE calls SET started_at = ?, answered_at = ?, ended_at = ? WHERE call_key = ?",
+        ((*_times_of(_state_dec.decode(blob)), key) for key, blob in rows),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Writing
+
+_TIME_COLUMNS: Final = ("started_at", "answered_at", "ended_at")
+
+
+def _times_of(state: CallState) -> tuple[int | None, int | None, int | None]:
+    return state.started, state.answered_at, ended_at(state)
 
 
 def _row_of(state: CallState, outcomes: Mapping[str, str] | None) -> tuple[Any, ...]:
@@ -280,6 +307,7 @@ def _row_of(state: CallState, outcomes: Mapping[str, str] | None) -> tuple[Any, 
         state.tag[2] if state.tag is not None else None,
         state.first[0] if state.first is not None else None,
         state.last_seq,
+        *_times_of(state),
         _state_enc.encode(state),
     )
 
@@ -291,17 +319,18 @@ def render_row(state: bytes, outcome: str | None) -> bytes:
 
 _CALL_COLUMNS = (
     "call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at,"
-    " last_seq, state"
+    " last_seq, started_at, answered_at, ended_at, state"
 )
 _SELECT_CALL = f"SELECT call_key, {_CALL_COLUMNS} FROM calls WHERE call_id = ?"
-_INSERT_CALL = f"INSERT INTO calls (call_key, {_CALL_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+_INSERT_CALL = f"INSERT INTO calls (call_key, {_CALL_COLUMNS}) VALUES ({', '.join('?' * 15)})"
 _UPDATE_CALL = (
     "UPDATE calls SET status = ?, outcome = ?, cause = ?, direction = ?, from_number = ?,"
-    " to_number = ?, tag = ?, first_event_at = ?, last_seq = ?, state = ? WHERE call_key = ?"
+    " to_number = ?, tag = ?, first_event_at = ?, last_seq = ?, started_at = ?, answered_at = ?,"
+    " ended_at = ?, state = ? WHERE call_key = ?"
 )
 _UPDATE_CALL_LEAN = (
-    "UPDATE calls SET status = ?, outcome = ?, cause = ?, last_seq = ?, state = ?"
-    " WHERE call_key = ?"
+    "UPDATE calls SET status = ?, outcome = ?, cause = ?, last_seq = ?, started_at = ?,"
+    " answered_at = ?, ended_at = ?, state = ? WHERE call_key = ?"
 )
 # (call_key, state, the row as last committed or None for a call not yet in the table)
 _Call = tuple[int, CallState, tuple[Any, ...] | None]
@@ -466,7 +495,7 @@ class Store:
             elif row[4:9] == before[4:9]:
                 # SQLite rewrites only the indexes of the columns a statement sets: leave out
                 # those that did not change (direction, numbers, tag, first event time)
-                execute(_UPDATE_CALL_LEAN, (*row[1:4], row[9], row[10], call_key))
+                execute(_UPDATE_CALL_LEAN, (*row[1:4], *row[9:], call_key))
             else:
                 execute(_UPDATE_CALL, (*row[1:], call_key))
             touched[cid] = (call_key, state, row)  # the row as committed, for the cache
@@ -847,7 +876,60 @@ def stats(
             if key == "byStatus":
                 total += n
         out[key] = counts
-    return {"total": total, **out}
+    return {"total": total, **out, "kpis": kpis(conn, clause, args)}
+
+
+def kpis(conn: sqlite3.Connection, clause: str, args: Sequence[Any]) -> dict[str, Any]:
+    """SPEC §5's telephony figures over the ended calls that ``clause`` selects: attempts,
+    answered (with an answer time), ASR (answered / attempts), ACD (mean talk seconds where the
+    end time is known) and the mean ring seconds where known; a figure with nothing behind it is
+    null. ``total()`` sums in floating point, so nonsensical far-apart times cannot overflow."""
+    where = clause + (" AND " if clause else " WHERE ") + "status = 'ended'"
+    attempts, answered, talk, talk_n, ring, ring_n = conn.execute(
+        "SELECT count(*), count(answered_at),"
+        " total(ended_at - answered_at), count(ended_at - answered_at),"
+        f" total(answered_at - started_at), count(answered_at - started_at) FROM calls{where}",
+        args,
+    ).fetchone()
+    return {
+        "attempts": attempts,
+        "answered": answered,
+        "asr": round(answered / attempts, 4) if attempts else None,
+        "acd": round(talk / talk_n / 1000.0, 3) if talk_n else None,
+        "averageRingSeconds": round(ring / ring_n / 1000.0, 3) if ring_n else None,
+    }
+
+
+MAX_BUCKETS: Final = 1440
+# Bucket widths (seconds) the series picks from when none is asked for: the smallest that fits.
+NICE_STEPS: Final = (60, 300, 900, 1800, 3600, 7200, 21600, 43200, 86400, 604800, 2592000)
+
+
+def time_bounds(conn: sqlite3.Connection) -> tuple[int | None, int | None]:
+    """The earliest and latest ``firstEventAt`` of any call (two index look-ups)."""
+    lo = conn.execute("SELECT min(first_event_at) FROM calls").fetchone()[0]
+    hi = conn.execute("SELECT max(first_event_at) FROM calls").fetchone()[0]
+    return lo, hi
+
+
+def series(
+    conn: sqlite3.Connection, *, since: int, until: int, step_ms: int
+) -> dict[str, list[int]]:
+    """Calls by ``firstEventAt`` bucket (``[since, until)`` in ``step_ms`` slices) and outcome
+    (calls not ended yet under ``in_progress``): ``{outcome: [count per bucket]}``."""
+    n = max(1, -(-(until - since) // step_ms))
+    out: dict[str, list[int]] = {}
+    for bucket, outcome, count in conn.execute(
+        "SELECT (first_event_at - ?) / ? AS b, outcome, count(*) FROM calls"
+        " WHERE first_event_at >= ? AND first_event_at < ? GROUP BY b, outcome",
+        (since, step_ms, since, until),
+    ):
+        key = outcome if outcome is not None else "in_progress"
+        counts = out.get(key)
+        if counts is None:
+            counts = out[key] = [0] * n
+        counts[bucket] += count
+    return out
 
 
 def list_rejects(
@@ -920,5 +1002,7 @@ __all__ = [
     "list_calls",
     "list_rejects",
     "make_entry",
+    "series",
     "stats",
+    "time_bounds",
 ]
