@@ -816,7 +816,7 @@ class TrackerApp:
         span = until - since
         if step is None:  # the smallest usual width that fits; bucket starts on its multiples
             step = next((s for s in st.NICE_STEPS if span <= s * 1000 * st.MAX_BUCKETS), MAX_STEP)
-            if "since" not in params:
+            if "since" not in params and span > 0:
                 since -= since % (step * 1000)
                 span = until - since
         buckets = -(-span // (step * 1000))

@@ -65,7 +65,7 @@ ASSETS = (
 
 def is_page(path: str) -> bool:
     """The routes that are open with a token: the pages and their assets hold no data."""
-    return path == "/" or path.startswith("/ui/")
+    return path in ("/", "/favicon.ico") or path.startswith("/ui/")
 
 
 def session_value(token: bytes) -> bytes:
@@ -110,6 +110,7 @@ class Dashboard:
             Route("/", self.page, methods=["GET", "HEAD"]),
             Route("/ui/calls/{callId:path}", self.page, methods=["GET", "HEAD"]),
             Route("/ui/static/{name:path}", self.asset, methods=["GET", "HEAD"]),
+            Route("/favicon.ico", self.favicon, methods=["GET", "HEAD"]),
             Route("/ui/sign-in", self.sign_in, methods=["POST"]),
             Route("/ui/sign-out", self.sign_out, methods=["POST"]),
         ]
@@ -164,8 +165,14 @@ class Dashboard:
         )
         return Response(html, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
+    async def favicon(self, request: Request) -> Response:
+        """Browsers ask for it on any page, the API's JSON included (an SVG serves)."""
+        return self._asset(request, "favicon.svg")
+
     async def asset(self, request: Request) -> Response:
-        name = request.path_params["name"]
+        return self._asset(request, request.path_params["name"])
+
+    def _asset(self, request: Request, name: str) -> Response:
         found = self._assets.get(name)
         if found is None:
             raise NotFound(f"no asset {name!r}")
@@ -229,12 +236,16 @@ def _local(path: str) -> str:
 
 def _same_origin(request: Request) -> None:
     """A form POST from another site is refused (browsers send ``Origin`` with every POST)."""
-    origin = request.headers.get("origin")
-    if origin is None:  # not a browser: nothing to forge
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:  # every current browser says where a request comes from
+        if site not in ("same-origin", "none"):
+            raise BadParameter(f"a sign-in posted from another site ({site}) is refused")
         return
-    host = request.headers.get("host", "")
-    if origin.split("://", 1)[-1] != host:
-        raise BadParameter(f"a sign-in from another site ({origin}) is refused")
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":  # not a browser, or a page without a referrer
+        return
+    if origin.split("://", 1)[-1] != request.headers.get("host", ""):
+        raise BadParameter(f"a sign-in posted from another site ({origin}) is refused")
 
 
 async def _form(request: Request) -> dict[str, str]:

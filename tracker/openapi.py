@@ -332,6 +332,12 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "The file"}, **_errors(404)},
             }
         },
+        "/favicon.ico": {
+            "get": {
+                "summary": "The icon (SVG), for browsers that ask for it on any page",
+                "responses": {"200": {"description": "The icon"}},
+            }
+        },
         "/ui/sign-in": {
             "post": {
                 "summary": "The sign-in form: a right token sets the HttpOnly session cookie",
