@@ -85,7 +85,13 @@ def requested_hosts(driver: Any) -> set[str]:
 
 
 def screenshot(driver: Any, name: str) -> Path:
+    """The whole page (the window grown to its height, up to 2400 px) as ``screenshots/NAME.png``."""
     SHOTS.mkdir(exist_ok=True)
     path = SHOTS / f"{name}.png"
+    size = driver.get_window_size()
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.set_window_size(size["width"], min(max(height + 100, size["height"]), 2400))
     driver.save_screenshot(str(path))
+    driver.set_window_size(size["width"], size["height"])
     return path
