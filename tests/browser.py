@@ -85,7 +85,7 @@ def requested_hosts(driver: Any) -> set[str]:
 
 
 def screenshot(driver: Any, name: str) -> Path:
-    """The whole page (the window grown to its height, up to 2400 px) as ``screenshots/NAME.png``."""
+    """The whole page (the window grown to its height, up to 2400 px) as ``screenshots/*.png``."""
     SHOTS.mkdir(exist_ok=True)
     path = SHOTS / f"{name}.png"
     size = driver.get_window_size()

@@ -246,7 +246,7 @@ def document() -> dict[str, Any]:
                     _q("since", "First bucket's start (default: the earliest call)", _TIME),
                     _q(
                         "until",
-                        "End, exclusive (default: now; with neither bound, just after the latest call)",
+                        "End, exclusive (default: now; with neither bound: after the latest call)",
                         _TIME,
                     ),
                     _q(

@@ -5,8 +5,8 @@
   const AUTH = document.querySelector('meta[name="tracker-auth"]').content;
   const LIVE_CAP = 200;      // rows kept in the in-progress list
   const ENDED_PAGE = 50;     // ended calls per page
-  const ENDED_CAP = 500;     // rows kept in the ended list
-  const FLUSH_MS = 250;      // live updates are applied at most this often, in one DOM pass
+  const ENDED_CAP = 200;     // rows kept in the ended list
+  const FLUSH_MS = 400;      // live updates are applied at most this often, in one DOM pass
   const REFETCH_OVER = 40;   // more changed calls than this in one flush: reload the lists
   const STATS_MS = 5000;     // counts and chart refresh at most this often while events arrive
   const RANGES = { "15m": 900e3, "1h": 3600e3, "6h": 21600e3, "24h": 86400e3, "7d": 604800e3 };
@@ -288,17 +288,23 @@
         el("td", { class: "num", text: fmtSecs(c.ringSeconds) }), el("td", { class: "num", text: fmtSecs(c.talkSeconds) }),
         el("td", { class: "num wide", text: fmtSecs(c.durationSeconds) }));
     }
+    // Rows are kept per call and rebuilt only when the call changed; one replaceChildren a list.
+    const rowCache = { "live-table": new Map(), "ended-table": new Map() };
     function renderList(map, cap, tableId, rowOf, fresh) {
       const rows = [...map.values()].sort((a, b) => b.lastSeq - a.lastSeq);
       for (const c of rows.slice(cap)) map.delete(c.callId);
-      const frag = document.createDocumentFragment();
-      for (const c of rows.slice(0, cap)) {
-        const tr = rowOf(c);
-        if (fresh.has(c.callId)) tr.className = "fresh";
-        frag.append(tr);
-      }
-      $(tableId).tBodies[0].replaceChildren(frag);
-      return Math.min(rows.length, cap);
+      const cache = rowCache[tableId], next = new Map();
+      const trs = rows.slice(0, cap).map((c) => {
+        const hit = cache.get(c.callId);
+        let tr;
+        if (hit && hit.seq === c.lastSeq) { tr = hit.tr; tr.className = ""; }
+        else { tr = rowOf(c); if (fresh.has(c.callId)) tr.className = "fresh"; }
+        next.set(c.callId, { seq: c.lastSeq, tr: tr });
+        return tr;
+      });
+      rowCache[tableId] = next;
+      $(tableId).tBodies[0].replaceChildren(...trs);
+      return trs.length;
     }
     function renderLive(fresh) {
       const n = renderList(live, LIVE_CAP, "live-table", liveRow, fresh);
@@ -359,10 +365,12 @@
       const total = names.reduce((n, k) => n + s.byOutcome[k].reduce((a, b) => a + b, 0), 0);
       $("chart-empty").hidden = total > 0;
       box.hidden = total === 0;
-      if (chart) { chart.destroy(); chart = null; }
-      if (total === 0 || typeof uPlot === "undefined") return;
       const xs = s.times.map((t) => Date.parse(t) / 1000);
       const data = [xs, ...names.map((k) => s.byOutcome[k])];
+      const key = names.join(",") + "/" + step;
+      if (chart && chart.key === key && total > 0) { chart.setData(data); return; }
+      if (chart) { chart.destroy(); chart = null; }
+      if (total === 0 || typeof uPlot === "undefined") return;
       const opts = {
         width: Math.max(280, box.clientWidth), height: 240, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
         scales: { x: { time: true } },
@@ -374,6 +382,7 @@
         legend: { live: true },
       };
       chart = new uPlot(opts, data, box);
+      chart.key = key;
     }
     if (window.ResizeObserver) {
       new ResizeObserver(() => { if (chart) chart.setSize({ width: Math.max(280, $("chart").clientWidth), height: 240 }); })
