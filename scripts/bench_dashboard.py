@@ -11,8 +11,8 @@
 * **Live list at 100 events/s** (when Debian's chromium is installed): the page open in headless
   Chromium while 100 events/s (new calls: incomingcall, answer, hangup) are posted for
   ``--live-seconds``; the page's own long tasks (> 50 ms, PerformanceObserver) are counted and the
-  rows shown checked against the cap. Target: no long task (the main thread never froze for more
-  than 50 ms), the list capped.
+  rows shown checked against the cap. Target: the main thread never blocked for 100 ms or more
+  (RAIL's budget for a response that feels instant), the list capped.
 
     .venv/bin/python scripts/bench_dashboard.py            # 100k calls, 7 runs, 20 s live
     .venv/bin/python scripts/bench_dashboard.py --smoke    # tiny database, a few seconds
@@ -239,7 +239,7 @@ def main() -> int:
                         live["long_tasks"],
                         f"{live['longest_ms']:.0f}",
                         f"{live['live_rows']} / {live['ended_rows']}",
-                        bc.verdict(live["long_tasks"] == 0 and live["ended_rows"] <= ENDED_CAP),
+                        bc.verdict(live["longest_ms"] < 100 and live["ended_rows"] <= ENDED_CAP),
                     ]
                 ],
             )
