@@ -822,8 +822,8 @@ class TrackerApp:
         buckets = -(-span // (step * 1000))
         if buckets > st.MAX_BUCKETS:
             raise BadParameter(
-                f"step {step} s cuts this range into {buckets} buckets; at most "
-                f"{st.MAX_BUCKETS}: give a larger step or a shorter range"
+                f"step must cut the range into at most {st.MAX_BUCKETS} buckets; {step} s cuts "
+                f"it into {buckets}: give a larger step or a shorter range"
             )
         step_ms = step * 1000
         counts = await self._read(lambda c: st.series(c, since=since, until=until, step_ms=step_ms))
