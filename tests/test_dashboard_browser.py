@@ -229,6 +229,20 @@ def test_the_stream_drops_and_resumes_with_the_events_missed_meanwhile(tmp_path,
         server.terminate()
 
 
+def test_an_empty_tracker_says_there_are_no_calls_yet_until_one_arrives(tmp_path, browser):
+    with running(tmp_path / "t.db") as server:
+        browser.get(server.url + "/")
+        wait_for(lambda: "No calls yet" in text_of(browser, "#banner"), "the empty state")
+        assert "/callbacks" in text_of(browser, "#banner")
+        wait_for(lambda: text_of(browser, "#live") == "live", "the stream to open")
+        with server.client() as c:
+            for ev in call_events("c-first-001", 1, answer=False, cause=None):
+                assert c.post("/callbacks", json=ev).status_code == 200
+        wait_for(lambda: "c-first-001" in text_of(browser, "#live-table"), "the first call")
+        assert not browser.find_element("id", "banner").is_displayed()
+        assert_clean(browser, server)
+
+
 def test_the_page_fits_a_phone_width_screen(server):
     with chromium(390, 844) as phone:
         phone.get(server.url + "/")

@@ -340,9 +340,6 @@
       countTable("by-outcome", s.byOutcome, "outcome");
       countTable("by-cause", s.byCause, "cause");
       $("causes").replaceChildren(...Object.keys(s.byCause).map((c) => el("option", { value: c })));
-      if (s.total === 0 && !filtered() && f.range === "all") {
-        banner("warn", "No calls yet. Point Bandwidth's callback URLs at " + location.origin + BASE + "/callbacks.");
-      }
     }
     function countTable(id, counts, key) {
       const entries = Object.entries(counts).sort((a, b) => b[1] - a[1]);
@@ -391,6 +388,7 @@
 
     // -- live updates: changed calls are fetched and applied together
     async function onEvents(events) {
+      if ($("banner").classList.contains("info")) banner("", "");
       const ids = new Set();
       for (const e of events) if (e.callId != null) ids.add(e.callId);
       if (!ids.size) return;
@@ -429,6 +427,10 @@
         const head = await api("/calls?limit=1");
         const after = head.calls.length ? head.calls[0].lastSeq : 0;
         await reload();
+        if (!head.calls.length) {
+          banner("info", "No calls yet. Point Bandwidth's callback URLs at " + location.origin + BASE +
+            "/callbacks: calls appear here as their events arrive.");
+        }
         if (!stream) stream = openStream(after, onEvents, streamState);
       } catch (err) {
         showFailure(err, start);
