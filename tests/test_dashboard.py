@@ -295,6 +295,13 @@ def test_opening_the_page_with_the_token_sets_a_strict_http_only_cookie(guarded)
     assert 'content="signed-in"' in page.text
 
 
+def test_the_token_in_a_calls_page_url_returns_to_that_page(guarded):
+    r = guarded.get("/ui/calls/a%2Fb?token=" + TOKEN)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/calls/a%2Fb"
+    page = guarded.get("/ui/calls/a%2Fb")
+    assert 'content="signed-in"' in page.text
+
+
 def test_the_sign_in_form_sets_the_cookie_and_returns_to_the_page(guarded):
     r = guarded.post("/ui/sign-in", data={"token": TOKEN, "next": "/ui/calls/k-1"})
     assert r.status_code == 303 and r.headers["location"] == "/ui/calls/k-1"
@@ -362,3 +369,19 @@ def test_the_sign_in_never_redirects_to_another_site(guarded):
     for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
         r = guarded.post("/ui/sign-in", data={"token": TOKEN, "next": target})
         assert r.status_code == 303 and r.headers["location"] == "/", target
+
+
+def test_mounted_under_a_prefix_the_page_names_its_assets_under_it(tmp_path):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    settings = load_settings(env={}, overrides={"storage": {"path": str(tmp_path / "t.db")}})
+    tracker_app = create_app(settings)
+    parent = Starlette(routes=[Mount("/tracker", app=tracker_app)], lifespan=tracker_app.lifespan)
+    with TestClient(parent) as client:
+        page = client.get("/tracker/")
+        assert page.status_code == 200
+        assert 'name="tracker-base" content="/tracker"' in page.text
+        for url in re.findall(r'(?:src|href)="(/tracker/ui/static/[^"?]+)', page.text):
+            assert client.get(url).status_code == 200, url
+        assert client.get("/tracker/stats/series").status_code == 200

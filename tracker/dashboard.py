@@ -141,7 +141,7 @@ class Dashboard:
         if self._token is not None and given is not None:
             if self._token_ok(given):
                 rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-                target = request.scope["path"]
+                target = _raw_path(request)
                 if rest:
                     target += "?" + urlencode(rest)
                 return self._signed_in(request, target)
@@ -152,7 +152,7 @@ class Dashboard:
         return self._render(request, "open" if self._token is None else "signed-in", "")
 
     def _render(self, request: Request, auth: str, error: str) -> Response:
-        path = request.scope["path"]
+        path = _raw_path(request)
         base = _base(request)
         query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
         html = self._shell.substitute(
@@ -225,6 +225,12 @@ def _base(request: Request) -> str:
     """Where the tracker is mounted ("" at the root)."""
     root: str = request.scope.get("root_path", "")
     return root.rstrip("/")
+
+
+def _raw_path(request: Request) -> str:
+    """The path as sent, still percent-encoded (a call id may hold an encoded ``/``)."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if raw else str(request.scope["path"])
 
 
 def _local(path: str) -> str:
