@@ -48,6 +48,9 @@ def seed(server: Server, headers: dict[str, str] | None = None) -> None:
         call_events("c-noans-004", 400, answer=False, cause="NO_ANSWER"),
         call_events("c-live-005", 120, answer=True, cause=None),
         call_events("c-ring-006", 20, answer=False, cause=None),
+        # two different hangups: the earliest ends the call, and it gets conflicting_end
+        [*call_events("c-odd-007", 300, answer=True, cause="NORMAL_CLEARING")]
+        + [v1("hangup", "c-odd-007", iso(-250), cause="NORMAL_UNSPECIFIED")],
     ]
     with server.client(headers=headers or {}) as c:
         for evs in calls:
@@ -100,7 +103,7 @@ def test_the_live_list_gains_a_call_posted_after_the_page_loaded(server, browser
     wait_for(lambda: "c-busy-003" in text_of(browser, "#ended-table"), "the ended calls")
     wait_for(lambda: text_of(browser, "#live") == "live", "the stream to open")
     assert "USER_BUSY" in text_of(browser, "#ended-table")
-    assert "6" in text_of(browser, "#kpis")  # six calls in the last 24 hours
+    assert "Calls\n7" in text_of(browser, "#kpis")  # seven calls in the last 24 hours
     with server.client() as c:
         for ev in call_events("c-new-777", 2, answer=False, cause=None):
             assert c.post("/callbacks", json=ev).status_code == 200
@@ -114,6 +117,11 @@ def test_the_live_list_gains_a_call_posted_after_the_page_loaded(server, browser
         lambda: "c-new-777" not in text_of(browser, "#live-table"), "it to leave the live list"
     )
     wait_for(lambda: browser.find_elements("css selector", "#chart canvas"), "the chart")
+    assert_clean(browser, server)
+    browser.get(server.url + "/?range=1h")  # the README's picture: per minute over an hour
+    wait_for(lambda: "c-new-777" in text_of(browser, "#ended-table"), "the last hour")
+    wait_for(lambda: "minute" in text_of(browser, "#chart-title"), "minutes in the chart")
+    wait_for(lambda: text_of(browser, "#live") == "live", "the stream to open")
     screenshot(browser, "dashboard")
     assert_clean(browser, server)
 
@@ -164,6 +172,14 @@ def test_a_calls_page_shows_its_state_anomalies_and_timeline_with_raw_payloads(s
     summary.send_keys(Keys.ENTER)  # <details> opens by keyboard too
     raw = wait_for(lambda: items[2].find_element("css selector", "pre").text, "the raw payload")
     assert '"cause": "NORMAL_CLEARING"' in raw
+    assert_clean(browser, server)
+    browser.get(server.url + "/ui/calls/c-odd-007")
+    wait_for(lambda: "conflicting_end" in text_of(browser, "#call-anomalies"), "the anomaly")
+    assert "NORMAL_CLEARING" in text_of(browser, "#call-state")  # the earliest end
+    assert len(browser.find_elements("css selector", "#timeline li")) == 4
+    last = browser.find_elements("css selector", "#timeline summary")[-1]
+    last.click()
+    wait_for(lambda: "NORMAL_UNSPECIFIED" in text_of(browser, "#timeline"), "its payload")
     screenshot(browser, "call")
     assert_clean(browser, server)
     browser.get(server.url + "/ui/calls/no-such-call")
