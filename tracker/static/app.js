@@ -254,7 +254,9 @@
       const b = bounds();
       const [stats, series] = await Promise.all([
         api("/stats" + query({ since: b.since, until: b.until })),
-        api("/stats/series" + query({ since: b.since, until: b.until })),
+        // a preset range is exactly its length, so 24 hours are 1,440 one-minute buckets
+        api("/stats/series" + query({ since: b.since,
+          until: b.until || (RANGES[f.range] ? new Date(Date.parse(b.since) + RANGES[f.range]).toISOString() : "") })),
       ]);
       renderStats(stats);
       renderChart(series);
