@@ -49,8 +49,10 @@ def seed(server: Server, headers: dict[str, str] | None = None) -> None:
         call_events("c-live-005", 120, answer=True, cause=None),
         call_events("c-ring-006", 20, answer=False, cause=None),
         # two different hangups: the earliest ends the call, and it gets conflicting_end
-        [*call_events("c-odd-007", 300, answer=True, cause="NORMAL_CLEARING")]
-        + [v1("hangup", "c-odd-007", iso(-250), cause="NORMAL_UNSPECIFIED")],
+        [
+            *call_events("c-odd-007", 300, answer=True, cause="NORMAL_CLEARING"),
+            v1("hangup", "c-odd-007", iso(-250), cause="NORMAL_UNSPECIFIED"),
+        ],
     ]
     with server.client(headers=headers or {}) as c:
         for evs in calls:
