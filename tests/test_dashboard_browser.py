@@ -227,6 +227,12 @@ def _free_port() -> int:
 
 
 def test_the_stream_drops_and_resumes_with_the_events_missed_meanwhile(tmp_path, browser):
+    """The server goes away (the page says so), events are committed meanwhile (straight into
+    the file), the server comes back on the same port: the browser's stream resumes after the
+    last event it saw (Last-Event-ID) and the missed call shows, without a reload of the lists.
+    Then the server goes away again and the page, asked to refresh, says it cannot reach it."""
+    from tracker.api import Tracker
+
     db = tmp_path / "t.db"
     port = str(_free_port())
     server = start_server(db, args=["--port", port])
@@ -234,15 +240,25 @@ def test_the_stream_drops_and_resumes_with_the_events_missed_meanwhile(tmp_path,
         seed(server)
         browser.get(server.url + "/")
         wait_for(lambda: text_of(browser, "#live") == "live", "the stream to open")
+        with server.client() as c:  # one event seen live, so the stream has a Last-Event-ID
+            for ev in call_events("c-seen-777", 2, answer=False, cause=None):
+                assert c.post("/callbacks", json=ev).status_code == 200
+        wait_for(lambda: "c-seen-777" in text_of(browser, "#live-table"), "the live call")
         server.terminate()
         wait_for(lambda: "dropped" in text_of(browser, "#banner"), "the dropped banner")
-        # events committed while the page is cut off (by the CLI, straight into the file)
-        server = start_server(db, args=["--port", port])
-        with server.client() as c:
+        with Tracker.open(db) as t:
             for ev in call_events("c-missed-888", 1, answer=False, cause=None):
-                assert c.post("/callbacks", json=ev).status_code == 200
+                t.ingest(ev)
+        server = start_server(db, args=["--port", port])
         wait_for(lambda: "resumed" in text_of(browser, "#banner"), "the resumed banner")
         wait_for(lambda: "c-missed-888" in text_of(browser, "#live-table"), "the missed call")
+        assert (
+            browser.execute_script("return performance.getEntriesByType('navigation').length") == 1
+        )
+        server.terminate()
+        wait_for(lambda: "dropped" in text_of(browser, "#banner"), "dropped again")
+        browser.find_element("css selector", "#filters button[type=submit]").click()
+        wait_for(lambda: "not reachable" in text_of(browser, "#banner"), "the unreachable state")
     finally:
         server.terminate()
 
