@@ -150,7 +150,7 @@ def main() -> int:
         "--rate", type=int, default=100, help="events per second for the live check"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny database, one short run")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # ./scripts/bench passes the wrk scripts' options too
     if args.smoke:
         args.runs, args.live_seconds = 2, 0.0
         args.events, args.calls = bc.SMOKE_DB_EVENTS, bc.SMOKE_DB_CALLS
