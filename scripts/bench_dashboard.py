@@ -34,7 +34,7 @@ import bench_common as bc
 import httpx
 
 DB_EVENTS, DB_CALLS = 350_000, 100_000
-ENDED_CAP = 200  # the page's cap on the ended list (tracker/static/app.js)
+ENDED_CAP = 200  # the page's cap on the ended list (tracker/http/static/app.js)
 ASSETS = (
     "/ui/static/app.js",
     "/ui/static/app.css",

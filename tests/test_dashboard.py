@@ -14,16 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from starlette.testclient import TestClient
 
 from tests.callbacks import v1
-from tracker import store as st
+from tracker.api import Tracker
 from tracker.app import create_app
 from tracker.config import load_settings
-from tracker.dashboard import ASSETS, COOKIE, session_value
-from tracker.events import decode_object, parse_json
+from tracker.http.dashboard import ASSETS, COOKIE, session_value
+from tracker.storage.sqlite.schema import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
@@ -135,12 +134,10 @@ def test_an_answered_call_without_a_start_counts_as_answered_but_not_in_the_ring
 
 def test_a_schema_1_database_gets_the_time_columns_filled_from_each_call(tmp_path):
     db = tmp_path / "old.db"
-    store = st.Store(db)
-    for call in CALLS:
-        for ev in call:
-            body = msgspec.json.encode(ev)
-            store.append([st.make_entry(decode_object(parse_json(body)), body, "json")])
-    store.close()
+    with Tracker.open(db) as t:
+        for call in CALLS:
+            for ev in call:
+                t.ingest(ev)
     conn = sqlite3.connect(db)  # back to schema 1: no time columns
     for column in ("started_at", "answered_at", "ended_at"):
         conn.execute(f"ALTER TABLE calls DROP COLUMN {column}")
@@ -151,7 +148,7 @@ def test_a_schema_1_database_gets_the_time_columns_filled_from_each_call(tmp_pat
         kpis = client.get("/stats").json()["kpis"]
     assert kpis["attempts"] == 3 and kpis["acd"] == 40.0 and kpis["averageRingSeconds"] == 4.0
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == st.SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
@@ -242,11 +239,16 @@ def test_every_asset_the_page_names_is_served_from_the_package(tmp_path):
         assert client.get("/ui/static/app.js").headers["content-type"].startswith("text/javascript")
 
 
-def test_package_data_ships_every_asset():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = pyproject["tool"]["setuptools"]["package-data"]["tracker"]
-    static = ROOT / "tracker" / "static"
-    files = [p.relative_to(ROOT / "tracker").as_posix() for p in static.rglob("*") if p.is_file()]
+def test_pip_install_ships_every_package_and_every_asset():
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    include = setuptools["packages"]["find"]["include"]
+    for init in (ROOT / "tracker").rglob("__init__.py"):
+        package = ".".join(init.parent.relative_to(ROOT).parts)
+        assert any(fnmatch.fnmatch(package, pat) for pat in include), package
+    patterns = setuptools["package-data"]["tracker.http"]
+    static = ROOT / "tracker" / "http" / "static"
+    base = ROOT / "tracker" / "http"
+    files = [p.relative_to(base).as_posix() for p in static.rglob("*") if p.is_file()]
     assert "static/index.html" in files
     for name in files:
         assert any(fnmatch.fnmatch(name, pat) for pat in patterns), name

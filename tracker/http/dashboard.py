@@ -81,7 +81,7 @@ class Asset:
 
 
 def _load_assets() -> dict[str, Asset]:
-    root = resources.files("tracker") / "static"
+    root = resources.files("tracker.http") / "static"
     out = {}
     for name in ASSETS:
         body = (root / name).read_bytes()
@@ -99,7 +99,7 @@ class Dashboard:
         self._session = session_value(token) if token is not None else None
         self._metrics = metrics
         self._assets = _load_assets()
-        shell = (resources.files("tracker") / "static" / "index.html").read_text("utf-8")
+        shell = (resources.files("tracker.http") / "static" / "index.html").read_text("utf-8")
         self._shell = Template(shell)
         # asset URLs carry a hash of the files, so a new release is never served stale
         digest = hashlib.sha256(b"".join(a.body for a in self._assets.values()))
