@@ -29,8 +29,9 @@ TOKEN = "s3cret-token"
 
 
 @contextlib.contextmanager
-def serving(db: Path, **sections: dict[str, Any]) -> Iterator[TestClient]:
-    settings = load_settings(env={}, overrides={"storage": {"path": str(db)}, **sections})
+def serving(db: Path | str, **sections: dict[str, Any]) -> Iterator[TestClient]:
+    key = "url" if str(db).startswith("postgresql://") else "path"
+    settings = load_settings(env={}, overrides={"storage": {key: str(db)}, **sections})
     with TestClient(create_app(settings), follow_redirects=False) as client:
         yield client
 
@@ -75,8 +76,8 @@ CALLS = [
 
 
 @pytest.fixture
-def calls(tmp_path: Path) -> Iterator[TestClient]:
-    with serving(tmp_path / "t.db") as client:
+def calls(db_target: str) -> Iterator[TestClient]:
+    with serving(db_target) as client:
         for call in CALLS:
             post(client, *call)
         yield client
@@ -108,8 +109,8 @@ def test_stats_kpis_follow_the_time_range(calls):
     }
 
 
-def test_stats_kpis_with_nothing_to_average_are_null(tmp_path):
-    with serving(tmp_path / "t.db") as client:
+def test_stats_kpis_with_nothing_to_average_are_null(db_target):
+    with serving(db_target) as client:
         body = client.get("/stats").json()
     assert body["kpis"] == {
         "attempts": 0,
@@ -120,8 +121,8 @@ def test_stats_kpis_with_nothing_to_average_are_null(tmp_path):
     }
 
 
-def test_an_answered_call_without_a_start_counts_as_answered_but_not_in_the_ring_time(tmp_path):
-    with serving(tmp_path / "t.db") as client:
+def test_an_answered_call_without_a_start_counts_as_answered_but_not_in_the_ring_time(db_target):
+    with serving(db_target) as client:
         post(
             client,
             v1("answer", "x-1", "2024-03-01T10:00:03Z"),
@@ -200,8 +201,8 @@ def test_series_refuses_bad_parameters_naming_them(calls, query, needle):
     assert r.json()["error"] == "bad_parameter" and needle in r.json()["detail"]
 
 
-def test_series_of_an_empty_database_is_empty(tmp_path):
-    with serving(tmp_path / "t.db") as client:
+def test_series_of_an_empty_database_is_empty(db_target):
+    with serving(db_target) as client:
         body = client.get("/stats/series").json()
     assert body["byOutcome"] == {} and body["times"] == []
 

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from tracker.records import CallRecord, Counts, LoggedEvent, StoredReject
+from tracker.records import CallRecord, Counts, Kpis, LoggedEvent, StoredReject
 from tracker.state import CallState
 from tracker.storage.postgres.schema import FILTER_COLUMNS
 
@@ -104,7 +104,44 @@ def stats(conn: Conn, *, since: int | None = None, until: int | None = None) -> 
             if column == "status":
                 total += int(n)
         out.append(counts)
-    return Counts(total, out[0], out[1], out[2])
+    return Counts(total, out[0], out[1], out[2], kpis(conn, clause, args))
+
+
+def kpis(conn: Conn, clause: str, args: list[Any]) -> Kpis:
+    """One pass over the ended calls' time columns (sums in floating point, as SQLite's)."""
+    where = clause + (" AND " if clause else " WHERE ") + "status = 'ended'"
+    sql = (
+        "SELECT count(*), count(answered_at),"
+        " coalesce(sum((ended_at - answered_at)::float8), 0), count(ended_at - answered_at),"
+        " coalesce(sum((answered_at - started_at)::float8), 0),"
+        f" count(answered_at - started_at) FROM calls{where}"
+    )
+    row = conn.execute(sql.encode(), args).fetchone()
+    assert row is not None
+    return Kpis(int(row[0]), int(row[1]), float(row[2]), int(row[3]), float(row[4]), int(row[5]))
+
+
+def time_bounds(conn: Conn) -> tuple[int | None, int | None]:
+    row = conn.execute("SELECT min(first_event_at), max(first_event_at) FROM calls").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def series(conn: Conn, *, since: int, until: int, step_ms: int) -> dict[str, list[int]]:
+    """Calls by first-event-time bucket and outcome (as SQLite's)."""
+    n = max(1, -(-(until - since) // step_ms))
+    out: dict[str, list[int]] = {}
+    for bucket, outcome, count in conn.execute(
+        "SELECT (first_event_at - %s) / %s AS b, outcome, count(*) FROM calls"
+        " WHERE first_event_at >= %s AND first_event_at < %s GROUP BY b, outcome",
+        (since, step_ms, since, until),
+    ):
+        key = outcome if outcome is not None else "in_progress"
+        counts = out.get(key)
+        if counts is None:
+            counts = out[key] = [0] * n
+        counts[int(bucket)] += int(count)
+    return out
 
 
 def list_rejects(conn: Conn, after: int, limit: int) -> tuple[list[StoredReject], int | None]:

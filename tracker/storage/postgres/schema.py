@@ -119,6 +119,9 @@ CREATE TABLE {name} (
     tag text,
     first_event_at bigint,
     last_seq bigint,
+    started_at bigint,
+    answered_at bigint,
+    ended_at bigint,
     state bytea
 )"""
 

@@ -29,16 +29,16 @@ _state_dec = msgspec.msgpack.Decoder(CallState)
 
 CALL_COLUMNS: Final = (
     "call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at,"
-    " last_seq, state"
+    " last_seq, started_at, answered_at, ended_at, state"
 )
 INSERT_CALL: Final = (
-    f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join(['%s'] * 12)})"
+    f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})"
 )
 _SELECT_CALLS = f"SELECT call_key, {CALL_COLUMNS} FROM calls WHERE call_id = ANY(%s)"
 _UPDATE_CALL = (
     "UPDATE calls SET status = %s, outcome = %s, cause = %s, direction = %s, from_number = %s,"
-    " to_number = %s, tag = %s, first_event_at = %s, last_seq = %s, state = %s"
-    " WHERE call_key = %s"
+    " to_number = %s, tag = %s, first_event_at = %s, last_seq = %s, started_at = %s,"
+    " answered_at = %s, ended_at = %s, state = %s WHERE call_key = %s"
 )
 INSERT_EVENT: Final = (
     "INSERT INTO events (seq, received_at, api, event_type, call_id, call_key, event_time, dkey,"
