@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Concatenate, Final, ParamSpec, TypeVar
@@ -34,7 +33,6 @@ from tracker.storage.sqlite.replay import replay
 from tracker.storage.sqlite.schema import check_file, check_version, connect, migrate
 from tracker.storage.sqlite.writes import Appender
 
-WAIT_POLL_SECONDS: Final = 0.05  # how often wait_for_head looks at the head
 CHECKPOINT_SECONDS: Final = 0.2  # how often the checkpointer copies committed WAL pages over
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -155,13 +153,7 @@ class SqliteStorage:
 
     def wait_for_head(self, after: int, timeout: float) -> int:
         """Block up to timeout seconds until the committed head is > after; return the head."""
-        deadline = time.monotonic() + timeout
-        while True:
-            head = self._read(queries.head)
-            left = deadline - time.monotonic()
-            if head > after or left <= 0:
-                return head
-            time.sleep(min(WAIT_POLL_SECONDS, left))
+        return self._read(queries.wait_for_head, after, timeout)
 
     # -- the queries -------------------------------------------------------------------------
 
