@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tracker.records import (
     Appended,
@@ -31,14 +30,13 @@ from tracker.records import (
 from tracker.storage.errors import OpenFailed, ReadFailed, StorageError
 from tracker.storage.interface import Progress
 from tracker.storage.postgres import queries
+from tracker.storage.postgres.connections import Connections
 from tracker.storage.postgres.errors import commit_failed, read_failed, redact
 from tracker.storage.postgres.listener import Listener
 from tracker.storage.postgres.replay import replay
-from tracker.storage.postgres.schema import check_version, connect, migrate
+from tracker.storage.postgres.schema import check_version
 from tracker.storage.postgres.writes import Appender
 
-P = ParamSpec("P")
-T = TypeVar("T")
 Conn = psycopg.Connection[Any]
 
 BACKUP_REFUSED = (
@@ -63,122 +61,37 @@ class PostgresStorage:
         read_only: bool = False,
         deferred: bool = False,
     ) -> None:
-        self.url = url
         self.where = redact(url)
         self.outcomes = dict(outcomes or {})
-        self.lock_timeout_ms = lock_timeout_ms
-        self.statement_timeout_ms = statement_timeout_ms
-        self.pool_size = pool_size
-        self.must_exist = must_exist
         self.read_only = read_only
+        self.db = Connections(
+            url,
+            lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms,
+            pool_size=pool_size,
+            must_exist=must_exist,
+            read_only=read_only,
+        )
         self._appender = Appender(self.outcomes, quarantine_max_bytes)
-        self._conn: Conn | None = None
-        self._pool: ConnectionPool[Conn] | None = None
         self._lock = threading.Lock()
-        self._connecting = threading.Lock()
         self._listener: Listener | None = None
         self._closed = False
         try:
-            self._connect()
+            self.db.connect()
         except StorageError:
             if not deferred:
                 raise
 
-    # -- connections -------------------------------------------------------------------------
-
-    def _open(self, *, timeouts: bool = True) -> Conn:
-        return connect(
-            self.url,
-            lock_timeout_ms=self.lock_timeout_ms,
-            statement_timeout_ms=self.statement_timeout_ms if timeouts else 0,
-        )
-
-    def _connect(self) -> Conn:
-        """The write connection, (re)connected and the schema checked or migrated."""
-        with self._connecting:
-            return self._connect_locked()
-
-    def _connect_locked(self) -> Conn:
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            return conn
-        if self._closed:
-            raise StorageError(f"the storage {self.where} is closed")
-        try:
-            conn = self._open()
-        except psycopg.Error as err:
-            raise OpenFailed(f"cannot connect to the database {self.where}: {err}") from err
-        try:
-            if self.read_only or self.must_exist:
-                check_version(conn, self.where, must_exist=True)
-            if not self.read_only:
-                migrate(conn, self.where)
-        except psycopg.Error as err:
-            conn.close()
-            raise OpenFailed(f"cannot open the database {self.where}: {err}") from err
-        except BaseException:
-            conn.close()
-            raise
-        self.must_exist = False  # checked once; a later reconnect finds the same database
-        self._conn = conn
-        return conn
-
-    def _readers(self) -> ConnectionPool[Conn]:
-        pool = self._pool
-        if pool is None:
-            with self._lock:
-                if self._pool is None:
-                    self._pool = ConnectionPool(
-                        self.url,
-                        min_size=1,
-                        max_size=self.pool_size,
-                        kwargs={
-                            "autocommit": True,
-                            "connect_timeout": 5,
-                            "options": f"-c statement_timeout={self.statement_timeout_ms}",
-                        },
-                        timeout=3.0,
-                        name="tracker-read",
-                        open=True,
-                    )
-                pool = self._pool
-        return pool
-
-    def _read(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
-        """``fn`` on a pooled read connection, the driver's errors as ours."""
-        if self._closed:
-            raise StorageError(f"the storage {self.where} is closed")
-        if self._conn is None:  # never connected, or the connection was lost: fail fast
-            try:
-                self._connect()
-            except OpenFailed as err:
-                raise ReadFailed(err.detail) from err
-        for attempt in (1, 2):
-            try:
-                with self._readers().connection() as conn:
-                    return fn(conn, *args, **kw)
-            except psycopg.OperationalError as err:
-                # a pooled connection the server dropped (a restart, a failover, a terminated
-                # backend): drop every dead one, then once more on a live one
-                if attempt == 2:
-                    raise read_failed(err) from err
-                self._check_pool()
-            except psycopg.Error as err:
-                raise read_failed(err) from err
-            except PoolTimeout as err:
-                raise read_failed(err) from err
-        raise AssertionError("unreachable")
-
     # -- the writer --------------------------------------------------------------------------
 
     def head(self) -> int:
-        return self._read(queries.head)
+        return self.db.read(queries.head)
 
     def _writable(self) -> Conn:
         if self.read_only:
             raise StorageError(f"{self.where} is open for reading only")
         try:
-            return self._connect()
+            return self.db.connect()
         except OpenFailed as err:
             raise StorageError(
                 f"storage cannot commit ({err.detail}); nothing was stored, retry later"
@@ -192,7 +105,7 @@ class PostgresStorage:
             return self._appender.write_batch(conn, groups, rejects)
         except psycopg.Error as err:
             if conn.closed or conn.broken:
-                self._conn = None
+                self.db.drop()
             raise commit_failed(err) from err
 
     def append(self, entries: Sequence[Entry]) -> list[Appended]:
@@ -203,11 +116,8 @@ class PostgresStorage:
 
     def recover(self) -> None:
         """Drop the write connection; the next write connects again."""
-        conn, self._conn = self._conn, None
+        self.db.drop()
         self._appender.forget()
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
 
     def probe(self, *, write: bool) -> None:
         """On a read connection of its own (the writer's belongs to the writer thread): the
@@ -216,28 +126,22 @@ class PostgresStorage:
         taken."""
         self._writable()
         try:
-            self._read(_probe, write)
+            self.db.read(_probe, write)
         except ReadFailed as err:
             raise StorageError(
                 f"storage cannot commit ({err.detail}); nothing was stored, retry later"
             ) from err
 
-    def _check_pool(self) -> None:
-        pool = self._pool
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                pool.check()
-
     def start_maintenance(self) -> None:
         """Nothing to keep up on PostgreSQL (its autovacuum does); start the read pool."""
         with contextlib.suppress(Exception):
-            self._readers()
+            self.db.readers()
 
     def wait_for_head(self, after: int, timeout: float) -> int:
         """Block up to timeout seconds until the committed head is > after; return the head."""
         with self._lock:
             if self._listener is None:
-                self._listener = Listener(self._open)
+                self._listener = Listener(self.db.open)
         listener = self._listener
         deadline = time.monotonic() + timeout
         while True:
@@ -251,10 +155,10 @@ class PostgresStorage:
     # -- the queries -------------------------------------------------------------------------
 
     def call(self, call_id: str) -> CallRecord | None:
-        return self._read(queries.get_call, call_id)
+        return self.db.read(queries.get_call, call_id)
 
     def timeline(self, call_id: str) -> list[LoggedEvent] | None:
-        return self._read(queries.timeline, call_id)
+        return self.db.read(queries.timeline, call_id)
 
     def calls(
         self,
@@ -265,7 +169,7 @@ class PostgresStorage:
         limit: int = 100,
         before_seq: int | None = None,
     ) -> tuple[list[CallRecord], int | None]:
-        return self._read(
+        return self.db.read(
             queries.list_calls,
             filters,
             since=since,
@@ -275,19 +179,19 @@ class PostgresStorage:
         )
 
     def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
-        return self._read(queries.stats, since=since, until=until)
+        return self.db.read(queries.stats, since=since, until=until)
 
     def time_bounds(self) -> tuple[int | None, int | None]:
-        return self._read(queries.time_bounds)
+        return self.db.read(queries.time_bounds)
 
     def series(self, *, since: int, until: int, step_ms: int) -> dict[str, list[int]]:
-        return self._read(queries.series, since=since, until=until, step_ms=step_ms)
+        return self.db.read(queries.series, since=since, until=until, step_ms=step_ms)
 
     def events_after(self, after: int, limit: int) -> list[LoggedEvent]:
-        return self._read(queries.events_after, after, limit)
+        return self.db.read(queries.events_after, after, limit)
 
     def rejects(self, after: int, limit: int) -> tuple[list[StoredReject], int | None]:
-        return self._read(queries.list_rejects, after, limit)
+        return self.db.read(queries.list_rejects, after, limit)
 
     # -- the commands ------------------------------------------------------------------------
 
@@ -296,8 +200,8 @@ class PostgresStorage:
             self._writable()
         self._appender.forget()
         try:
-            conn = self._open(timeouts=False)
-            reader = self._open(timeouts=False)
+            conn = self.db.open(timeouts=False)
+            reader = self.db.open(timeouts=False)
         except psycopg.Error as err:
             raise read_failed(err) from err
         try:
@@ -309,14 +213,14 @@ class PostgresStorage:
             conn.close()
 
     def counts(self) -> tuple[int, int]:
-        return self._read(queries.counts)
+        return self.db.read(queries.counts)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[PostgresSnapshot]:
         """A connection of its own in one REPEATABLE READ, READ ONLY transaction: a consistent
         view that never blocks the writers."""
         try:
-            conn = self._open(timeouts=False)
+            conn = self.db.open(timeouts=False)
         except psycopg.Error as err:
             raise read_failed(err) from err
         try:
@@ -341,14 +245,7 @@ class PostgresStorage:
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
-        if self._pool is not None:
-            with contextlib.suppress(Exception):
-                self._pool.close()
-            self._pool = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self.db.close()
 
 
 def _probe(conn: Conn, write: bool) -> None:
