@@ -21,8 +21,15 @@ SCRIPTS = [
     "bench_query.py",
     "bench_ceiling.py",
     "bench_dashboard.py",
+    "bench_postgres.py",
 ]
-NEEDS_WRK = {"bench_ingest.py", "bench_scale.py", "bench_query.py", "bench_ceiling.py"}
+NEEDS_WRK = {
+    "bench_ingest.py",
+    "bench_scale.py",
+    "bench_query.py",
+    "bench_ceiling.py",
+    "bench_postgres.py",
+}
 TITLES = {
     "bench_ingest.py": "## Ingest",
     "bench_scale.py": "## Footprint",
@@ -30,6 +37,7 @@ TITLES = {
     "bench_query.py": "## Query",
     "bench_ceiling.py": "## Ingest ceilings",
     "bench_dashboard.py": "## Dashboard",
+    "bench_postgres.py": "## PostgreSQL",
 }
 
 
