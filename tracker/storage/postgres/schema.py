@@ -74,7 +74,12 @@ def connect(
 
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:
     """Our schema's version; ``None``: the database has no tracker schema."""
-    row = conn.execute("SELECT to_regclass('tracker_schema') IS NOT NULL").fetchone()
+    # a scan of the catalog (MVCC: it sees a schema another host committed while we waited
+    # for the advisory lock), not to_regclass (its cache may still say there is none)
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_tables"
+        " WHERE schemaname = current_schema() AND tablename = 'tracker_schema')"
+    ).fetchone()
     if row is None or not row[0]:
         return None
     got = conn.execute("SELECT version FROM tracker_schema").fetchone()
