@@ -35,7 +35,9 @@ from tracker import store as st
 from tracker.config import Settings
 from tracker.errors import (
     BadParameter,
+    CrossSite,
     EventRejected,
+    HostNotAllowed,
     InvalidJson,
     MethodNotAllowed,
     NotFound,
@@ -47,6 +49,7 @@ from tracker.errors import (
     UnsupportedMediaType,
 )
 from tracker.events import InvalidEvent, decode_object, parse_json, parse_time
+from tracker.guards import HostCheck, cross_site
 from tracker.metrics import Metrics
 from tracker.openapi import document
 from tracker.state import OUTCOMES
@@ -349,6 +352,9 @@ class TrackerApp:
             (ing.username.encode(), ing.password.encode()) if ing.username else None
         )
         self._token = settings.query.token.encode() if settings.query.token else None
+        hosts = HostCheck(settings.server.allowed_hosts)
+        # None: any host (allowed_hosts unset, as when embedded, or "*")
+        self._hosts = None if hosts.any or not settings.server.allowed_hosts else hosts
         routes = [
             Route("/calls", self.list_calls),
             Route("/stats", self.stats),
@@ -522,6 +528,9 @@ class TrackerApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self._hosts is not None and not self._hosts.allows(self._header(scope, b"host")):
+                await send_error(send, self._host_refused(scope))
+                return
             path = route_path(scope)
             if path == "/callbacks" or path.startswith("/callbacks/"):
                 await self.ingest(scope, receive, send, path)
@@ -534,6 +543,14 @@ class TrackerApp:
                 await self.call_route(scope, send)
                 return
         await self.starlette(scope, receive, send)
+
+    def _host_refused(self, scope: Scope) -> HostNotAllowed:
+        got = self._header(scope, b"host")
+        shown = "no Host header" if got is None else f"the Host {got.decode('latin-1')[:100]!r}"
+        return HostNotAllowed(
+            f"{shown} is not a name this server answers to: "
+            "add it to server.allowed_hosts (DNS-rebinding protection)"
+        )
 
     def _header(self, scope: Scope, name: bytes) -> bytes | None:
         for key, value in scope["headers"]:
@@ -570,6 +587,9 @@ class TrackerApp:
         length: bytes | None = None
         auth: bytes | None = None
         expect = b""
+        origin: bytes | None = None
+        fetch_site: bytes | None = None
+        host: bytes | None = None
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value
@@ -579,6 +599,19 @@ class TrackerApp:
                 auth = value
             elif key == b"expect":
                 expect = value
+            elif key == b"origin":
+                origin = value
+            elif key == b"sec-fetch-site":
+                fetch_site = value
+            elif key == b"host":
+                host = value
+        if origin is not None or fetch_site is not None:
+            why = cross_site(origin, fetch_site, host)
+            if why is not None:
+                await send_error(
+                    send, CrossSite(f"callbacks are not accepted from browsers: {why}")
+                )
+                return
         if self._basic is not None and not self._basic_ok(auth):
             self.metrics.auth_failures += 1
             await send_error(

@@ -278,7 +278,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if Path(settings.storage.path).is_dir():
         raise CliError(f"storage.path {settings.storage.path} is a directory", EXIT_USAGE)
     from tracker.app import create_app
+    from tracker.config import serving
 
+    settings = serving(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

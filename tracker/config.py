@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from tracker.errors import ConfigError
+from tracker.guards import LOOPBACK_HOSTS, is_loopback
 from tracker.state import OUTCOMES
 
 
@@ -24,6 +25,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 8080
     log_level: str = "warning"
     access_log: bool = False
+    allowed_hosts: tuple[str, ...] = ()
 
 
 class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -124,6 +126,26 @@ def _validate(s: Settings) -> Settings:
     return s
 
 
+#: Keys whose value is a list: in an environment variable, comma-separated.
+LIST_KEYS: dict[str, tuple[str, ...]] = {"server": ("allowed_hosts",)}
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def serving(settings: Settings) -> Settings:
+    """The settings ``tracker serve`` runs with: an unset ``server.allowed_hosts`` becomes the
+    loopback names when the server listens on a loopback address, and any host otherwise."""
+    server = settings.server
+    if server.allowed_hosts:
+        return settings
+    hosts = LOOPBACK_HOSTS if is_loopback(server.host) else ("*",)
+    return msgspec.structs.replace(
+        settings, server=msgspec.structs.replace(server, allowed_hosts=hosts)
+    )
+
+
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
@@ -147,7 +169,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             if rest.startswith(prefix):
                 key = rest[len(prefix) :].lower()
                 if key in struct.__struct_fields__:
-                    out.setdefault(section, {})[key] = value
+                    out.setdefault(section, {})[key] = (
+                        _split(value) if key in LIST_KEYS.get(section, ()) else value
+                    )
                     break
         else:
             warnings.warn(f"ignoring unknown environment variable {name}", stacklevel=2)

@@ -32,12 +32,30 @@ class BadParameter(TrackerError):
     status, code = 400, "bad_parameter"
 
 
+class BadPath(TrackerError):
+    """400: a ``/callbacks`` sub-path with ``.``/``..`` segments (plain or percent-encoded)."""
+
+    status, code = 400, "bad_path"
+
+
+class HostNotAllowed(TrackerError):
+    """400: the ``Host`` header names no host in ``server.allowed_hosts``."""
+
+    status, code = 400, "host_not_allowed"
+
+
 class Unauthorized(TrackerError):
     status, code = 401, "unauthorized"
 
     def __init__(self, detail: str, challenge: str = 'Basic realm="tracker"') -> None:
         super().__init__(detail)
         self.challenge = challenge  # the WWW-Authenticate header to send
+
+
+class CrossSite(TrackerError):
+    """403: a web page of another site sent a callback (a browser's cross-site request)."""
+
+    status, code = 403, "cross_site"
 
 
 class NotFound(TrackerError):
@@ -87,9 +105,12 @@ class ConfigError(Exception):
 __all__ = [
     "BadGateway",
     "BadParameter",
+    "BadPath",
     "ConfigError",
+    "CrossSite",
     "EventRejected",
     "GatewayTimeout",
+    "HostNotAllowed",
     "InvalidEvent",
     "InvalidJson",
     "MethodNotAllowed",

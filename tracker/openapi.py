@@ -81,8 +81,9 @@ def _json(name: str, description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
-        400: "Bad parameter or body (the detail names it)",
+        400: "Bad parameter, body, path or Host (the detail names it)",
         401: "Missing or wrong credentials",
+        403: "A browser's cross-site request",
         404: "Not found",
         405: "Method not allowed",
         408: "The body did not arrive in time",
@@ -124,7 +125,7 @@ def document() -> dict[str, Any]:
                 "application/json": {"schema": {"oneOf": [_ref("Appended"), _ref("BatchAppended")]}}
             },
         },
-        **_errors(400, 401, 405, 408, 413, 415, 422, 503),
+        **_errors(400, 401, 403, 405, 408, 413, 415, 422, 503),
     }
     post = {
         "summary": "Receive a Bandwidth callback (one event, or an array for backfill)",

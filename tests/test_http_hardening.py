@@ -1,0 +1,161 @@
+"""What a hostile client tries against a real ``tracker serve``: Host names, cross-site posts,
+path tricks, oversized query strings, slash redirects, slow and oversized request heads and
+connection floods. Forwarding tricks are in ``test_forward.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.callbacks import v1
+from tests.server import Server, running, write_config
+from tracker.config import Settings, load_settings, serving
+
+
+def new_id(prefix: str = "h") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def hangup(call_id: str) -> dict[str, str]:
+    return v1("hangup", call_id, "2012-11-14T15:56:12Z", cause="NORMAL_CLEARING")
+
+
+def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body: dict[str, Any] = r.json()
+    assert set(body) == {"error", "detail"}
+    assert body["error"] == code
+    return body
+
+
+def raw_exchange(url: str, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``request`` as it is on a fresh socket; everything the server sends until it closes."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with the default configuration (loopback: loopback host names only)."""
+    with running(tmp_path_factory.mktemp("hardening") / "tracker.db") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def anyhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that answers to any Host, with a small body limit."""
+    tmp = tmp_path_factory.mktemp("anyhost")
+    config = write_config(
+        tmp / "anyhost.toml",
+        {"server": {"allowed_hosts": ["*"]}, "ingest": {"max_body_bytes": 4096}},
+    )
+    with running(tmp / "tracker.db", config=config) as server:
+        yield server
+
+
+# --------------------------------------------------------------------------------------------
+# Host check (DNS rebinding) and cross-site posts
+
+
+def test_a_loopback_server_answers_only_to_loopback_host_names_by_default(srv: Server) -> None:
+    cid = new_id()
+    with srv.client() as c:
+        for host in ("evil.example", "evil.example:8080", "127.0.0.1.evil.example", "10.0.0.1"):
+            for method, path in (("GET", "/calls"), ("GET", "/healthz"), ("GET", "/events/")):
+                r = c.request(method, path, headers={"Host": host})
+                detail = assert_error(r, 400, "host_not_allowed")["detail"]
+                assert "server.allowed_hosts" in detail
+            r = c.post("/callbacks", json=hangup(cid), headers={"Host": host})
+            assert_error(r, 400, "host_not_allowed")
+            r = c.get("/callbacks", params=hangup(cid), headers={"Host": host})
+            assert_error(r, 400, "host_not_allowed")
+        assert c.get(f"/calls/{cid}").status_code == 404  # nothing was stored
+        for host in ("127.0.0.1", "localhost:9999", "LOCALHOST", "[::1]:8080", "[::1]"):
+            assert c.get("/healthz", headers={"Host": host}).status_code == 200, host
+        r = c.post("/callbacks", json=hangup(cid), headers={"Host": "localhost"})
+        assert r.status_code == 200
+    answer = raw_exchange(srv.url, b"GET /healthz HTTP/1.0\r\n\r\n")  # no Host header at all
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"host_not_allowed"' in answer
+
+
+def test_allowed_hosts_takes_trusted_host_patterns_and_ignores_ports(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "hosts.toml",
+        {"server": {"allowed_hosts": ["*.example.com", "tracker.test", "::1", "127.0.0.1"]}},
+    )  # 127.0.0.1: the test harness's readiness probe
+    with running(tmp_path / "t.db", config=config) as server, server.client() as c:
+        for host in ("a.example.com", "b.a.example.com:443", "tracker.test:8080", "[::1]:1"):
+            assert c.get("/healthz", headers={"Host": host}).status_code == 200, host
+        for host in ("example.com", "127.0.0.2", "localhost", "tracker.test.evil", "xexample.com"):
+            assert_error(c.get("/healthz", headers={"Host": host}), 400, "host_not_allowed")
+
+
+def test_the_default_allowed_hosts_follow_the_listen_address() -> None:
+    def hosts(host: str) -> tuple[str, ...]:
+        return serving(
+            load_settings(env={}, overrides={"server": {"host": host}})
+        ).server.allowed_hosts
+
+    assert hosts("127.0.0.1") == ("127.0.0.1", "localhost", "[::1]")
+    assert hosts("::1") == hosts("localhost") == hosts("127.0.0.2") == hosts("127.0.0.1")
+    assert hosts("0.0.0.0") == ("*",)
+    assert hosts("192.0.2.7") == ("*",)
+    configured = load_settings(env={"TRACKER_SERVER_ALLOWED_HOSTS": "a.test, *.b.test"})
+    assert configured.server.allowed_hosts == ("a.test", "*.b.test")
+    assert serving(configured).server.allowed_hosts == ("a.test", "*.b.test")
+    assert Settings().server.allowed_hosts == ()  # embedded: the parent application decides
+
+
+def test_a_browsers_cross_site_post_is_refused_and_bandwidths_requests_are_not(
+    anyhost: Server,
+) -> None:
+    host = anyhost.url.removeprefix("http://")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}  # no preflight in a browser
+    with anyhost.client() as c:
+        refused = [
+            ({"Sec-Fetch-Site": "cross-site", **form}, "post"),
+            ({"Sec-Fetch-Site": "same-site"}, "post"),
+            ({"Origin": "https://evil.example", **form}, "post"),
+            ({"Origin": "null"}, "post"),
+            ({"Origin": f"http://{host}", "Sec-Fetch-Site": "cross-site"}, "post"),
+            ({"Sec-Fetch-Site": "cross-site"}, "get"),  # an <img src> on another site
+        ]
+        for headers, how in refused:
+            cid = new_id()
+            if how == "post":
+                r = c.post(
+                    "/callbacks",
+                    content=httpx.Request("POST", "/", json=hangup(cid)).content,
+                    headers=headers,
+                )
+            else:
+                r = c.get("/callbacks", params=hangup(cid), headers=headers)
+            assert "browsers" in assert_error(r, 403, "cross_site")["detail"]
+            assert c.get(f"/calls/{cid}").status_code == 404, headers
+        accepted: list[dict[str, str]] = [
+            {},  # Bandwidth, curl: neither header
+            form,
+            {"Sec-Fetch-Site": "same-origin"},
+            {"Sec-Fetch-Site": "none"},  # typed into the address bar
+            {"Origin": f"http://{host}"},
+        ]
+        for headers in accepted:
+            cid = new_id()
+            content = httpx.Request("POST", "/", json=hangup(cid)).content
+            r = c.post("/callbacks", content=content, headers=headers)
+            assert r.status_code == 200, (headers, r.text)
