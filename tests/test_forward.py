@@ -624,3 +624,84 @@ def test_a_forward_url_that_is_not_http_fails_startup_before_storage_is_opened(
     assert app.forwarder is None
     assert app.writer is None
     assert not db.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Hardening: what never reaches the application
+
+
+def raw_request(
+    server: Server,
+    method: str,
+    target: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """One request with ``target`` sent exactly as written (httpx would resolve ``..``)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            conn.putheader(key, value)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+DOT_PATHS = [
+    "/callbacks/../admin",
+    "/callbacks/..",
+    "/callbacks/./x/../../admin",
+    "/callbacks/x/./y",
+    "/callbacks/%2e%2e/admin",
+    "/callbacks/%2E%2e/admin",
+    "/callbacks/.%2e/admin",
+    "/callbacks/..%2Fadmin",
+    "/callbacks/x%2F..%2F..%2Fadmin",
+    "/callbacks/%2e%2e%5cadmin",
+    "/callbacks/%252e%252e/admin",
+    "/callbacks/%2e",
+]
+
+
+def test_a_forwarded_path_with_dot_segments_is_refused_quarantined_and_never_forwarded(
+    tracker: Server, upstream: Upstream
+) -> None:
+    for target in DOT_PATHS:
+        cid = call_id("dots")
+        status, answer = raw_request(tracker, "POST", target, json.dumps(initiate(cid)).encode())
+        assert status == 400, (target, answer)
+        error = json.loads(answer)
+        assert error["error"] == "bad_path", target
+        assert "dot segment" in error["detail"]
+        query = f"eventType=answer&callId={cid}&time=2012-11-14T15%3A55%3A04Z"
+        status, answer = raw_request(tracker, "GET", f"{target}?{query}")
+        assert (status, json.loads(answer)["error"]) == (400, "bad_path"), target
+        assert upstream.seen(cid) == [], target
+        with tracker.client() as c:
+            assert c.get(f"/calls/{cid}").status_code == 404
+            rejects = c.get("/rejects", params={"limit": 1000}).json()["rejects"]
+        mine = [x for x in rejects if cid in x["body"]]
+        assert [x["error"] for x in mine] == ["bad_path", "bad_path"], target
+    with upstream.lock:
+        assert not [r for r in upstream.requests if "admin" in r.path or ".." in r.path]
+
+
+def test_dots_inside_path_segments_are_not_dot_segments(
+    tracker: Server, upstream: Upstream
+) -> None:
+    for target in (
+        "/callbacks/.well-known/x",
+        "/callbacks/a..b/c.d",
+        "/callbacks/...",
+        "/callbacks/x%2E.y",
+    ):
+        cid = call_id("dotted")
+        status, _ = raw_request(tracker, "POST", target, json.dumps(initiate(cid)).encode())
+        assert status == 200, target
+        [seen] = upstream.seen(cid)
+        assert seen.raw_path == b"/hooks" + target.removeprefix("/callbacks").encode()

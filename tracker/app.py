@@ -35,6 +35,7 @@ from tracker import store as st
 from tracker.config import Settings
 from tracker.errors import (
     BadParameter,
+    BadPath,
     CrossSite,
     EventRejected,
     HostNotAllowed,
@@ -49,7 +50,7 @@ from tracker.errors import (
     UnsupportedMediaType,
 )
 from tracker.events import InvalidEvent, decode_object, parse_json, parse_time
-from tracker.guards import HostCheck, cross_site
+from tracker.guards import HostCheck, cross_site, dot_segment
 from tracker.metrics import Metrics
 from tracker.openapi import document
 from tracker.state import OUTCOMES
@@ -633,6 +634,8 @@ class TrackerApp:
                 body = scope["query_string"]
             else:
                 raise MethodNotAllowed(f"{method} is not allowed on /callbacks: use POST or GET")
+            if path != "/callbacks":
+                self._check_sub_path(scope, path)
             entries, batch = parse_entries(body, kind, self.max_batch)
             results = await writer.submit(entries)
             status, answer = 200, _result_body(results, batch)
@@ -659,7 +662,12 @@ class TrackerApp:
             # A refused body is still the application's to answer, but only a whole one: a
             # body cut short (408, 413 over the size limit), a wrong method or a storage
             # failure is answered here.
-            if self.forwarder is not None and err.status in QUARANTINED and err.partial is None:
+            if (
+                self.forwarder is not None
+                and err.status in QUARANTINED
+                and err.partial is None
+                and not isinstance(err, BadPath)  # it would leave the application's base path
+            ):
                 await self.forwarder.relay(scope, body, None, send, path)
                 return
             await send_error(
@@ -675,6 +683,20 @@ class TrackerApp:
             await self.forwarder.relay(scope, body, results, send, path)
             return
         await send_bytes(send, status, answer)
+
+    def _check_sub_path(self, scope: Scope, path: str) -> None:
+        """A sub-path with dot segments is refused: forwarded, it would reach the application
+        outside its base path (``/callbacks/../admin``). One rule, on the raw path that is
+        forwarded: no segment that is, or percent-decodes to, ``.`` or ``..``."""
+        raw = raw_route_path(scope)
+        sub = raw[len(b"/callbacks") :] if raw.startswith(b"/callbacks") else path.encode()
+        bad = dot_segment(sub)
+        if bad is not None:
+            shown = bad.decode("latin-1")[:100]
+            raise BadPath(
+                f"the path has a dot segment ({shown!r}): a sub-path of /callbacks must not "
+                "contain '.' or '..' segments, plain or percent-encoded"
+            )
 
     async def _read_body(self, receive: Receive, length: bytes | None, expect: bytes) -> bytes:
         limit = self.max_body
