@@ -705,3 +705,48 @@ def test_dots_inside_path_segments_are_not_dot_segments(
         assert status == 200, target
         [seen] = upstream.seen(cid)
         assert seen.raw_path == b"/hooks" + target.removeprefix("/callbacks").encode()
+
+
+def test_credentials_in_the_forward_url_never_leave_the_process(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    secret = "pa55-w0rd-never-shown"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    down = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    host = upstream.url.removeprefix("http://")
+    cases = [
+        (f"http://app-user:{secret}@127.0.0.1:{down}/app", "/callbacks", 502, "bad_gateway"),
+        (f"http://app-user:{secret}@{host}/hooks", "/callbacks/slow", 504, "gateway_timeout"),
+    ]
+    for i, (url, path, status, code) in enumerate(cases):
+        config = forwarding_config(
+            tmp_path,
+            url,
+            f"creds{i}",
+            forward={"timeout_seconds": 0.5},
+            server={"log_level": "debug", "access_log": True},
+        )
+        cid = call_id("creds")
+        with running(tmp_path / f"t{i}.db", config=config) as server, server.client() as c:
+            r = c.post(path, json=initiate(cid))
+            assert r.status_code == status
+            assert r.json()["error"] == code
+            assert "app-user" not in r.text and secret not in r.text
+            assert "@" not in r.json()["detail"]
+            metrics = c.get("/metrics").text
+            assert c.get(f"/calls/{cid}").status_code == 200
+            server.terminate()
+        assert secret not in metrics and "app-user" not in metrics
+        log = "".join(server.output)
+        assert "tracker: listening" in log
+        assert secret not in log and "app-user" not in log
+    # and the application still gets them, as Basic credentials
+    config = forwarding_config(tmp_path, f"http://app-user:{secret}@{host}/hooks", "creds-ok")
+    cid = call_id("creds")
+    with running(tmp_path / "ok.db", config=config) as server, server.client() as c:
+        assert c.post("/callbacks/x", json=initiate(cid)).status_code == 200
+    [seen] = upstream.seen(cid)
+    assert seen.headers["authorization"] == httpx.BasicAuth("app-user", secret)._auth_header
+    assert seen.path == "/hooks/x"

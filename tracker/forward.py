@@ -101,11 +101,16 @@ class Forwarder:
         self.metrics = metrics
         self.timeout = settings.timeout_seconds
         self.pass_authorization = settings.pass_authorization
+        # Credentials in the URL become the client's Basic auth (as httpx would do with them)
+        # and are kept out of the URL itself, so no error, log line or metric can show them.
+        auth = httpx.BasicAuth(base.username, base.password) if base.userinfo else None
+        base = base.copy_with(userinfo=b"")
         self._base = base
         self._base_path = base.raw_path.split(b"?", 1)[0].rstrip(b"/")
         self._shown = str(base.copy_with(query=None, fragment=None))
         n = settings.max_connections
         self.client = httpx.AsyncClient(
+            auth=auth,
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(
                 max_connections=n, max_keepalive_connections=n, keepalive_expiry=30.0
