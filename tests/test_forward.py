@@ -34,7 +34,7 @@ from starlette.testclient import TestClient
 
 from tests.server import Server, running, write_config
 from tracker.app import create_app
-from tracker.config import Forward, Settings, Storage
+from tracker.config import Forward, Settings, Storage, load_settings
 from tracker.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -750,3 +750,31 @@ def test_credentials_in_the_forward_url_never_leave_the_process(
     [seen] = upstream.seen(cid)
     assert seen.headers["authorization"] == httpx.BasicAuth("app-user", secret)._auth_header
     assert seen.path == "/hooks/x"
+
+
+def test_the_query_string_of_the_forward_url_is_kept_before_the_callbacks_own(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    config = forwarding_config(tmp_path, upstream.url + "/hooks?apikey=K%2F1&env=prod", "query")
+    post, get = call_id("q"), call_id("q")
+    query = f"eventType=answer&callId={get}&time=2012-11-14T15%3A55%3A04Z"
+    with running(tmp_path / "t.db", config=config) as server, server.client() as c:
+        assert c.post("/callbacks/v2", json=initiate(post)).status_code == 200
+        assert c.get(f"/callbacks/v1?{query}").status_code == 200
+    [seen] = upstream.seen(post)
+    assert (seen.raw_path, seen.query) == (b"/hooks/v2", b"apikey=K%2F1&env=prod")
+    [seen] = upstream.seen(get)
+    assert (seen.raw_path, seen.query) == (b"/hooks/v1", b"apikey=K%2F1&env=prod&" + query.encode())
+
+
+@pytest.mark.parametrize("url", ["http://app/hooks#part", "http://app/hooks#"])
+def test_a_forward_url_with_a_fragment_is_refused_at_startup(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"forward\.url must not have a #fragment"):
+        load_settings(env={}, overrides={"forward": {"url": url}})
+
+
+def test_a_bad_forward_url_is_named_without_its_credentials() -> None:
+    with pytest.raises(ConfigError, match=r"forward\.url") as caught:
+        load_settings(env={}, overrides={"forward": {"url": "ftp://user:pw-secret@app/x"}})
+    assert "pw-secret" not in str(caught.value) and "user" not in str(caught.value)
+    assert "ftp://***@app/x" in str(caught.value)

@@ -119,7 +119,11 @@ def _validate(s: Settings) -> Settings:
         parts = urlsplit(s.forward.url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(
-                f"forward.url must be an http:// or https:// URL, got {s.forward.url!r}"
+                f"forward.url must be an http:// or https:// URL, got {redact_url(s.forward.url)!r}"
+            )
+        if parts.fragment or s.forward.url.endswith("#"):
+            raise ConfigError(
+                "forward.url must not have a #fragment (it is never sent to the application)"
             )
     if bool(s.ingest.username) != bool(s.ingest.password):
         raise ConfigError("ingest.username and ingest.password must be set together")
@@ -144,6 +148,17 @@ def serving(settings: Settings) -> Settings:
     return msgspec.structs.replace(
         settings, server=msgspec.structs.replace(server, allowed_hosts=hosts)
     )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (for messages)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{netloc}{slash}{tail}"
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 With ``[forward] url`` set, every callback is first recorded (or refused and quarantined) and
 then relayed to the application at ``{url}/{path after /callbacks}`` with the same method, query
-string, body and headers (minus hop-by-hop headers; ``Authorization`` only with
+string (after the URL's own, when it has one), body and headers (minus hop-by-hop headers; ``Authorization`` only with
 ``pass_authorization``), plus what the tracker made of it:
 
 * ``X-Tracker-Seq``: the log position (for a batch, a comma-separated list, one per element);
@@ -32,7 +32,7 @@ from typing import Any, Final
 import httpx
 
 from tracker.app import raw_route_path, send_error
-from tracker.config import Forward
+from tracker.config import Forward, redact_url
 from tracker.errors import BadGateway, ConfigError, GatewayTimeout, TrackerError
 from tracker.metrics import Metrics
 from tracker.store import Appended
@@ -92,10 +92,11 @@ class Forwarder:
         try:
             base = httpx.URL(settings.url)
         except httpx.InvalidURL as err:
-            raise ConfigError(f"forward.url is not a valid URL: {err}") from None
+            reason = str(err).replace(settings.url, redact_url(settings.url))
+            raise ConfigError(f"forward.url is not a valid URL: {reason}") from None
         if base.scheme not in ("http", "https") or not base.host:
             raise ConfigError(
-                f"forward.url must be an http:// or https:// URL, got {settings.url!r}"
+                f"forward.url must be an http:// or https:// URL, got {redact_url(settings.url)!r}"
             )
         self.settings = settings
         self.metrics = metrics
@@ -107,6 +108,7 @@ class Forwarder:
         base = base.copy_with(userinfo=b"")
         self._base = base
         self._base_path = base.raw_path.split(b"?", 1)[0].rstrip(b"/")
+        self._base_query = base.query  # kept: it comes first, the callback's query string after
         self._shown = str(base.copy_with(query=None, fragment=None))
         n = settings.max_connections
         self.client = httpx.AsyncClient(
@@ -132,6 +134,8 @@ class Forwarder:
     def _url(self, scope: Scope, path: str) -> httpx.URL:
         raw = self._base_path + _callbacks_suffix(scope, path)
         query: bytes = scope.get("query_string", b"")
+        if self._base_query:
+            query = self._base_query + b"&" + query if query else self._base_query
         if query:
             raw += b"?" + query
         return self._base.copy_with(raw_path=raw or b"/")
