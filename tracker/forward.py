@@ -2,8 +2,8 @@
 
 With ``[forward] url`` set, every callback is first recorded (or refused and quarantined) and
 then relayed to the application at ``{url}/{path after /callbacks}`` with the same method, query
-string (after the URL's own, when it has one), body and headers (minus hop-by-hop headers; ``Authorization`` only with
-``pass_authorization``), plus what the tracker made of it:
+string (after the URL's own, when it has one), body and headers (minus hop-by-hop headers;
+``Authorization`` only with ``pass_authorization``), plus what the tracker made of it:
 
 * ``X-Tracker-Seq``: the log position (for a batch, a comma-separated list, one per element);
 * ``X-Tracker-Duplicate``: ``true`` or ``false`` (a list for a batch); a duplicate is forwarded
