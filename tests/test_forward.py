@@ -778,3 +778,68 @@ def test_a_bad_forward_url_is_named_without_its_credentials() -> None:
         load_settings(env={}, overrides={"forward": {"url": "ftp://user:pw-secret@app/x"}})
     assert "pw-secret" not in str(caught.value) and "user" not in str(caught.value)
     assert "ftp://***@app/x" in str(caught.value)
+
+
+SPOOFED = {
+    "X-Forwarded-For": "6.6.6.6",
+    "X-Forwarded-Host": "public.example",
+    "X-Forwarded-Proto": "https",
+    "Forwarded": "for=6.6.6.6;proto=https",
+    "X-Real-IP": "6.6.6.6",
+    "X_Forwarded_For": "7.7.7.7",
+    "X_Forwarded_Host": "underscore.example",
+    "x_tracker_seq": "999",
+    "X-Tracker-Duplicate": "maybe",
+    "X_Tracker_Anything": "1",
+    "X-Other": "kept",
+}
+
+
+def test_a_clients_proxy_and_tracker_headers_are_dropped_and_the_peer_is_appended(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id("xff")
+    with tracker.client() as c:
+        assert c.post("/callbacks/x", json=initiate(cid), headers=SPOOFED).status_code == 200
+    [seen] = upstream.seen(cid)
+    assert seen.headers["x-forwarded-for"] == "127.0.0.1"  # the real peer, nothing else
+    assert seen.headers["x-forwarded-host"] == tracker.url.removeprefix("http://")
+    assert seen.headers["x-forwarded-proto"] == "http"
+    assert seen.headers["x-other"] == "kept"
+    for name in ("forwarded", "x-real-ip"):
+        assert name not in seen.headers
+    assert not [k for k in seen.headers if "_" in k]
+    assert [k for k in seen.headers if k.startswith("x-tracker")] == [
+        "x-tracker-seq",
+        "x-tracker-duplicate",
+    ]
+    assert seen.headers["x-tracker-duplicate"] == "false"
+
+
+def test_a_trusted_proxys_forwarded_headers_are_kept_and_its_address_appended(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    config = forwarding_config(
+        tmp_path,
+        upstream.url,
+        "trusted",
+        server={"forwarded_allow_ips": ["10.0.0.0/8", "127.0.0.1"]},
+    )
+    cid = call_id("xff")
+    with running(tmp_path / "t.db", config=config) as server, server.client() as c:
+        assert c.post("/callbacks/x", json=initiate(cid), headers=SPOOFED).status_code == 200
+    [seen] = upstream.seen(cid)
+    assert seen.headers["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"
+    assert seen.headers["x-forwarded-host"] == "public.example"
+    assert seen.headers["x-forwarded-proto"] == "https"
+    assert seen.headers["forwarded"] == "for=6.6.6.6;proto=https"
+    assert not [k for k in seen.headers if "_" in k]  # underscore forms never pass
+    assert seen.headers["x-tracker-duplicate"] == "false"
+
+
+def test_forwarded_allow_ips_must_be_addresses_or_networks() -> None:
+    for bad in (["localhost"], ["10.0.0.0/33"], ["*.example"]):
+        with pytest.raises(ConfigError, match=r"server\.forwarded_allow_ips"):
+            load_settings(env={}, overrides={"server": {"forwarded_allow_ips": bad}})
+    ok = load_settings(env={"TRACKER_SERVER_FORWARDED_ALLOW_IPS": "10.0.0.1, ::1,*"})
+    assert ok.server.forwarded_allow_ips == ("10.0.0.1", "::1", "*")

@@ -385,7 +385,9 @@ class TrackerApp:
         if self.settings.forward.url:  # first: a bad forward.url fails before anything is opened
             from tracker.forward import Forwarder  # only when forwarding is configured
 
-            self.forwarder = Forwarder(self.settings.forward, self.metrics)
+            self.forwarder = Forwarder(
+                self.settings.forward, self.metrics, self.settings.server.forwarded_allow_ips
+            )
         s = self.settings.storage
         try:
             store = st.Store(

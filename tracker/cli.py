@@ -291,6 +291,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         loop="uvloop",
         http="httptools",
+        # The app reads the peer itself (server.forwarded_allow_ips): uvicorn's middleware would
+        # replace it with what X-Forwarded-For says, and trusts loopback peers by default.
+        proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     server = _make_server(config, settings.storage.path)

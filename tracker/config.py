@@ -5,6 +5,7 @@ Decoded into frozen msgspec Structs that forbid unknown keys, so a typo is an er
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import warnings
@@ -26,6 +27,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_level: str = "warning"
     access_log: bool = False
     allowed_hosts: tuple[str, ...] = ()
+    forwarded_allow_ips: tuple[str, ...] = ()
 
 
 class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -125,13 +127,22 @@ def _validate(s: Settings) -> Settings:
             raise ConfigError(
                 "forward.url must not have a #fragment (it is never sent to the application)"
             )
+    for item in s.server.forwarded_allow_ips:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    "server.forwarded_allow_ips takes IP addresses, networks (10.0.0.0/8) or "
+                    f'"*", got {item!r}'
+                ) from None
     if bool(s.ingest.username) != bool(s.ingest.password):
         raise ConfigError("ingest.username and ingest.password must be set together")
     return s
 
 
 #: Keys whose value is a list: in an environment variable, comma-separated.
-LIST_KEYS: dict[str, tuple[str, ...]] = {"server": ("allowed_hosts",)}
+LIST_KEYS: dict[str, tuple[str, ...]] = {"server": ("allowed_hosts", "forwarded_allow_ips")}
 
 
 def _split(value: str) -> list[str]:
