@@ -159,3 +159,44 @@ def test_a_browsers_cross_site_post_is_refused_and_bandwidths_requests_are_not(
             content = httpx.Request("POST", "/", json=hangup(cid)).content
             r = c.post("/callbacks", content=content, headers=headers)
             assert r.status_code == 200, (headers, r.text)
+
+
+# --------------------------------------------------------------------------------------------
+# Limits
+
+
+def all_rejects(c: httpx.Client) -> list[dict[str, Any]]:
+    rejects: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = c.get("/rejects", params={"after": after, "limit": 1000}).json()
+        rejects += page["rejects"]
+        if page["next"] is None:
+            return rejects
+        after = page["next"]
+
+
+def query_of_length(call_id: str, length: int) -> str:
+    head = f"eventType=answer&callId={call_id}&time=2012-11-14T15%3A55%3A04Z&tag="
+    return head + "x" * (length - len(head))
+
+
+def test_a_get_callbacks_query_string_obeys_max_body_bytes(anyhost: Server) -> None:
+    big, exact = new_id(), new_id()
+    with anyhost.client() as c:
+        r = c.get(f"/callbacks/get?{query_of_length(big, 60_000)}")
+        detail = assert_error(r, 413, "too_large")["detail"]
+        assert "max_body_bytes" in detail and "60000" in detail
+        assert c.get(f"/calls/{big}").status_code == 404
+        [reject] = [x for x in all_rejects(c) if big in x["body"]]
+        assert (reject["status"], reject["error"], reject["path"]) == (
+            413,
+            "too_large",
+            "/callbacks/get",
+        )
+        assert reject["body"].startswith(f"eventType=answer&callId={big}&")
+        r = c.get(f"/callbacks/get?{query_of_length(exact, 4096)}")  # exactly the limit
+        assert r.status_code == 200, r.text
+        assert c.get(f"/calls/{exact}").json()["tag"] == "x" * (
+            4096 - len(query_of_length(exact, 0))
+        )

@@ -634,6 +634,13 @@ class TrackerApp:
             elif method == "GET":
                 kind = "query"
                 body = scope["query_string"]
+                if len(body) > self.max_body:  # the query string is the body of a GET callback
+                    err = TooLarge(
+                        f"the query string is {len(body)} bytes; the limit is {self.max_body} "
+                        "(max_body_bytes)"
+                    )
+                    err.partial, err.size = body, len(body)  # cut to the quarantine's cap
+                    raise err
             else:
                 raise MethodNotAllowed(f"{method} is not allowed on /callbacks: use POST or GET")
             if path != "/callbacks":
