@@ -5,11 +5,14 @@ connection floods. Forwarding tricks are in ``test_forward.py``.
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -200,3 +203,52 @@ def test_a_get_callbacks_query_string_obeys_max_body_bytes(anyhost: Server) -> N
         assert c.get(f"/calls/{exact}").json()["tag"] == "x" * (
             4096 - len(query_of_length(exact, 0))
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Paths: one reading of the raw path, no redirects
+
+
+def raw_get(
+    server: Server, target: str, method: str = "GET", body: bytes = b"", **headers: str
+) -> httpx.Response:
+    """``target`` sent exactly as written (no client-side normalisation)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest(method, target, skip_host="Host" in headers, skip_accept_encoding=True)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            conn.putheader(key, value)
+        conn.endheaders(body)
+        answer = conn.getresponse()
+        return httpx.Response(answer.status, headers=answer.getheaders(), content=answer.read())
+    finally:
+        conn.close()
+
+
+def test_an_encoded_slash_is_never_a_path_separator(anyhost: Server) -> None:
+    plain, slashed = new_id("auth"), new_id("auth") + "/1"
+    with anyhost.client() as c:
+        for cid in (plain, slashed):
+            assert c.post("/callbacks", json=hangup(cid)).status_code == 200
+    assert raw_get(anyhost, f"/calls/{plain}").json()["callId"] == plain
+    assert raw_get(anyhost, f"/calls/{quote(slashed, safe='')}").json()["callId"] == slashed
+    assert raw_get(anyhost, f"/calls/{quote(slashed, safe='')}/events").status_code == 200
+    for target in (
+        f"/calls%2F{plain}",
+        f"/calls%2f{plain}",
+        f"/calls%2F{plain}/events",
+        "/events%2Fstream",
+        "/%63alls/" + plain,  # the call route is read from the raw path too
+    ):
+        detail = assert_error(raw_get(anyhost, target), 404, "not_found")["detail"]
+        assert "no route" in detail, target
+    cid = new_id()
+    body = json.dumps(hangup(cid)).encode()
+    r = raw_get(anyhost, "/callbacks%2Fx", "POST", body, **{"Content-Type": "application/json"})
+    assert_error(r, 404, "not_found")
+    with anyhost.client() as c:
+        assert c.get(f"/calls/{cid}").status_code == 404
+        r = c.post("/callbacks/x%2Fy", json=hangup(cid))  # inside a sub-path it is kept
+        assert r.status_code == 200
+

@@ -65,6 +65,7 @@ _json = msgspec.json.Encoder()
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 JSON_HEADERS = [(b"content-type", b"application/json")]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_RAW_PREFIXES = (b"/callbacks/", b"/calls/")  # what follows may hold %2F (a sub-path, a call id)
 QUARANTINED = frozenset({400, 408, 413, 415, 422})
 STATUSES = frozenset({"started", "answered", "ended"})
 
@@ -535,14 +536,24 @@ class TrackerApp:
                 await send_error(send, self._host_refused(scope))
                 return
             path = route_path(scope)
-            if path == "/callbacks" or path.startswith("/callbacks/"):
+            # Routes are read from the raw path: an encoded slash (%2F) is part of a segment,
+            # never a separator, so it may appear only in a call id or a /callbacks sub-path.
+            raw = raw_route_path(scope) if b"%" in scope.get("raw_path", b"") else b""
+            slashed = not raw.startswith(_RAW_PREFIXES) and b"%2f" in raw.lower()
+            if (path == "/callbacks" or path.startswith("/callbacks/")) and not slashed:
                 await self.ingest(scope, receive, send, path)
                 return
             if self._token is not None and path not in OPEN_PATHS and not self._bearer_ok(scope):
                 self.metrics.query_auth_failures += 1
                 await send_error(send, Unauthorized("a bearer token is required", "Bearer"))
                 return
-            if path.startswith("/calls/"):
+            if slashed:
+                await send_error(
+                    send,
+                    NotFound(f"no route {path}: '/' must be a real slash here, not %2F"),
+                )
+                return
+            if path.startswith("/calls/") and (not raw or raw.startswith(b"/calls/")):
                 await self.call_route(scope, send)
                 return
         await self.starlette(scope, receive, send)
