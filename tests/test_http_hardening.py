@@ -252,3 +252,12 @@ def test_an_encoded_slash_is_never_a_path_separator(anyhost: Server) -> None:
         r = c.post("/callbacks/x%2Fy", json=hangup(cid))  # inside a sub-path it is kept
         assert r.status_code == 200
 
+
+def test_a_trailing_slash_is_404_and_never_a_redirect_built_from_the_host(
+    anyhost: Server,
+) -> None:
+    for target in ("/events/", "/stats/", "/healthz/", "/events/stream/", "/calls/", "/rejects/"):
+        for host in ("evil.example", "127.0.0.1"):
+            r = raw_get(anyhost, target, Host=host)
+            assert_error(r, 404, "not_found")
+            assert "location" not in r.headers, target

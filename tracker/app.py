@@ -377,6 +377,9 @@ class TrackerApp:
                 Exception: self._handle_crash,
             },
         )
+        # /events/ is no route: Starlette would redirect it to /events, to an absolute URL
+        # built from the Host header
+        self.starlette.router.redirect_slashes = False
         self._openapi = _json.encode(document())
 
     # -- lifecycle -------------------------------------------------------------------------------
