@@ -16,10 +16,14 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from tests.callbacks import v1
 from tests.server import Server, running, write_config
+from tracker.app import create_app
 from tracker.config import Settings, load_settings, serving
+from tracker.openapi import _check, document
+from tracker.routes import ROUTES
 
 
 def new_id(prefix: str = "h") -> str:
@@ -261,3 +265,31 @@ def test_a_trailing_slash_is_404_and_never_a_redirect_built_from_the_host(
             r = raw_get(anyhost, target, Host=host)
             assert_error(r, 404, "not_found")
             assert "location" not in r.headers, target
+
+
+# --------------------------------------------------------------------------------------------
+# The OpenAPI document
+
+
+def test_the_served_openapi_document_is_valid_openapi_3_1(srv: Server) -> None:
+    with srv.client() as c:
+        doc = c.get("/openapi.json").json()
+    assert doc["openapi"] == "3.1.0"
+    validate(doc, cls=OpenAPIV31SpecValidator)  # raises with the first error it finds
+    assert {"type": "null"} in doc["components"]["schemas"]["CallView"]["properties"]["tag"][
+        "anyOf"
+    ]  # 3.1 syntax, which a 3.0 document may not use
+
+
+def test_the_document_and_the_app_serve_exactly_the_route_table() -> None:
+    doc = document()
+    assert {p: set(ops) for p, ops in doc["paths"].items()} == {
+        r.path: {m.lower() for m in r.methods} for r in ROUTES
+    }
+    app = create_app(Settings())
+    served = {(r.path, m) for r in app.starlette.routes for m in r.methods or ()}  # type: ignore[attr-defined]
+    assert served == {(r.path, m) for r in ROUTES if not r.raw for m in (*r.methods, "HEAD")}
+    with pytest.raises(RuntimeError, match="differs from the routes"):
+        _check({**doc["paths"], "/admin": {"get": {}}})
+    with pytest.raises(RuntimeError, match="differs from the routes"):
+        _check({**doc["paths"], "/calls": {"get": {}, "post": {}}})

@@ -53,6 +53,7 @@ from tracker.events import InvalidEvent, decode_object, parse_json, parse_time
 from tracker.guards import HostCheck, cross_site, dot_segment
 from tracker.metrics import Metrics
 from tracker.openapi import document
+from tracker.routes import ROUTES
 from tracker.state import OUTCOMES
 from tracker.writer import Writer
 
@@ -358,15 +359,9 @@ class TrackerApp:
         # None: any host (allowed_hosts unset, as when embedded, or "*")
         self._hosts = None if hosts.any or not settings.server.allowed_hosts else hosts
         routes = [
-            Route("/calls", self.list_calls),
-            Route("/stats", self.stats),
-            Route("/events", self.events),
-            Route("/events/stream", self.stream),
-            Route("/rejects", self.rejects),
-            Route("/healthz", self.healthz),
-            Route("/readyz", self.readyz),
-            Route("/metrics", self.metrics_route),
-            Route("/openapi.json", self.openapi),
+            Route(r.path, getattr(self, r.handler), methods=list(r.methods))
+            for r in ROUTES
+            if not r.raw
         ]
         self.starlette = Starlette(
             routes=routes,

@@ -1,4 +1,5 @@
-"""The OpenAPI 3 document of every route, built from the code (schemas come from the Structs)."""
+"""The OpenAPI 3.1 document of every route in :data:`tracker.routes.ROUTES` (schemas come from
+the Structs, as JSON Schema 2020-12, which is what OpenAPI 3.1 uses)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from tracker.routes import ROUTES
 from tracker.state import OUTCOMES, CallView
 from tracker.store import EventRow, RejectRow
 
@@ -108,6 +110,15 @@ def _q(name: str, description: str, schema: dict[str, Any] | None = None) -> dic
 _TIME = {"type": "string", "format": "date-time"}
 _SEQ = {"type": "integer", "minimum": 0}
 _LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
+
+
+def _check(paths: dict[str, Any]) -> None:
+    """The document describes exactly :data:`tracker.routes.ROUTES`, path for path and method
+    for method: a route added or removed on one side only fails here, at start-up."""
+    served = {r.path: {m.lower() for m in r.methods} for r in ROUTES}
+    documented = {path: set(ops) for path, ops in paths.items()}
+    if served != documented:
+        raise RuntimeError(f"/openapi.json differs from the routes: {served} != {documented}")
 
 
 def document() -> dict[str, Any]:
@@ -253,12 +264,13 @@ def document() -> dict[str, Any]:
         "/openapi.json": {
             "get": {
                 "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3"}, **_errors(401)},
+                "responses": {"200": {"description": "OpenAPI 3.1"}, **_errors(401)},
             }
         },
     }
+    _check(paths)
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "tracker",
             "version": "0.1.0",
