@@ -5,6 +5,7 @@ connection floods. Forwarding tricks are in ``test_forward.py``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -44,11 +45,11 @@ def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 
 def raw_exchange(url: str, request: bytes, timeout: float = 10.0) -> bytes:
-    """Send ``request`` as it is on a fresh socket; everything the server sends until it closes."""
+    """Send ``request`` as it is on a fresh socket; everything the server sends until it closes
+    (so the request should say ``Connection: close`` or be HTTP/1.0)."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
         sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
@@ -191,9 +192,9 @@ def query_of_length(call_id: str, length: int) -> str:
 def test_a_get_callbacks_query_string_obeys_max_body_bytes(anyhost: Server) -> None:
     big, exact = new_id(), new_id()
     with anyhost.client() as c:
-        r = c.get(f"/callbacks/get?{query_of_length(big, 60_000)}")
+        r = c.get(f"/callbacks/get?{query_of_length(big, 20_000)}")
         detail = assert_error(r, 413, "too_large")["detail"]
-        assert "max_body_bytes" in detail and "60000" in detail
+        assert "max_body_bytes" in detail and "20000" in detail
         assert c.get(f"/calls/{big}").status_code == 404
         [reject] = [x for x in all_rejects(c) if big in x["body"]]
         assert (reject["status"], reject["error"], reject["path"]) == (
@@ -202,6 +203,10 @@ def test_a_get_callbacks_query_string_obeys_max_body_bytes(anyhost: Server) -> N
             "/callbacks/get",
         )
         assert reject["body"].startswith(f"eventType=answer&callId={big}&")
+        huge = new_id()  # longer than the request head may be (server.max_header_bytes)
+        r = c.get(f"/callbacks/get?{query_of_length(huge, 60_000)}")
+        assert_error(r, 431, "headers_too_large")
+        assert c.get(f"/calls/{huge}").status_code == 404
         r = c.get(f"/callbacks/get?{query_of_length(exact, 4096)}")  # exactly the limit
         assert r.status_code == 200, r.text
         assert c.get(f"/calls/{exact}").json()["tag"] == "x" * (
@@ -293,3 +298,144 @@ def test_the_document_and_the_app_serve_exactly_the_route_table() -> None:
         _check({**doc["paths"], "/admin": {"get": {}}})
     with pytest.raises(RuntimeError, match="differs from the routes"):
         _check({**doc["paths"], "/calls": {"get": {}, "post": {}}})
+
+
+# --------------------------------------------------------------------------------------------
+# Request heads and connections (real sockets)
+
+
+def limited_server(tmp_path: Path, **server: Any) -> Any:
+    config = write_config(tmp_path / "limits.toml", {"server": server})
+    return running(tmp_path / "t.db", config=config)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """What the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_of(answer: bytes) -> dict[str, Any]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"\r\nconnection: close" in head.lower()
+    assert b"\r\ncontent-type: application/json" in head.lower()
+    parsed: dict[str, Any] = json.loads(body)
+    assert set(parsed) == {"error", "detail"}
+    return parsed
+
+
+def connect(server: Server, timeout: float = 30.0) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def test_a_request_head_that_trickles_past_the_deadline_is_cut_off(tmp_path: Path) -> None:
+    with limited_server(tmp_path, header_timeout_seconds=1.0) as server:
+        for keep_alive_first in (False, True):
+            with connect(server) as sock:
+                if keep_alive_first:  # the deadline also holds for the next request on a connection
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    first = b""
+                    while not first.endswith(b'{"status":"ok"}'):
+                        first += sock.recv(65536)
+                    assert first.startswith(b"HTTP/1.1 200 ")
+                sock.sendall(b"POST /callbacks HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                sock.settimeout(0.1)
+                answer = b""
+                for _ in range(300):  # one header byte every 0.1 s, for up to 30 s
+                    try:
+                        sock.sendall(b"X")
+                        answer = sock.recv(65536)
+                        break
+                    except TimeoutError:
+                        continue
+                    except ConnectionError:
+                        break
+                sock.settimeout(10)
+                answer += read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            error = json_of(answer)
+            assert error["error"] == "timeout"
+            assert "server.header_timeout_seconds" in error["detail"]
+        with connect(server) as sock:  # a connection that never sends anything is closed too
+            assert read_answer(sock) == b""
+        with server.client() as c:
+            assert c.get("/rejects").json()["rejects"] == []  # no body: nothing to quarantine
+            assert c.get("/healthz").status_code == 200
+
+
+def test_an_oversized_request_head_gets_431_and_the_connection_is_closed(
+    tmp_path: Path,
+) -> None:
+    with limited_server(tmp_path, max_header_bytes=8192) as server:
+        cid = new_id()
+        heads = [
+            b"POST /callbacks HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n",
+            b"GET /callbacks?tag=" + b"x" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Many: 1\r\n" * 20_000,
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000_000,
+        ]
+        for head in heads:
+            with connect(server) as sock:
+                with contextlib.suppress(ConnectionError):  # closed after the answer and a linger
+                    sock.sendall(head + b"\r\n")
+                answer = read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+            error = json_of(answer)
+            assert error["error"] == "headers_too_large"
+            assert "server.max_header_bytes" in error["detail"]
+        body = json.dumps(hangup(cid)).encode()
+        fits = (
+            b"POST /callbacks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\nX-Pad: %s\r\n\r\n%s"
+            % (len(body), b"p" * 6000, body)
+        )
+        assert raw_exchange(server.url, fits).startswith(b"HTTP/1.1 200 ")
+        with server.client() as c:
+            assert c.get(f"/calls/{cid}").status_code == 200
+
+
+def test_beyond_max_connections_new_connections_get_503_and_open_ones_are_served(
+    tmp_path: Path,
+) -> None:
+    with limited_server(tmp_path, max_connections=4, header_timeout_seconds=60.0) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        sender = http.client.HTTPConnection(host, int(port), timeout=10)  # a keep-alive sender
+        sender.request("GET", "/healthz")
+        assert sender.getresponse().read() == b'{"status":"ok"}'
+        idle = [connect(server) for _ in range(3)]  # with the sender: the limit, 4
+        try:
+            for _ in range(3):
+                with connect(server) as sock:
+                    answer = read_answer(sock)
+                assert answer.startswith(b"HTTP/1.1 503 "), answer
+                error = json_of(answer)
+                assert error["error"] == "too_many_connections"
+                assert "server.max_connections" in error["detail"]
+            cid = new_id()
+            sender.request(
+                "POST",
+                "/callbacks",
+                json.dumps(hangup(cid)),
+                {"Content-Type": "application/json"},
+            )
+            answer = sender.getresponse()
+            assert answer.status == 200, answer.read()
+            assert json.loads(answer.read())["duplicate"] is False
+            sender.request("GET", f"/calls/{cid}")
+            assert sender.getresponse().status == 200
+        finally:
+            for sock in idle:
+                sock.close()
+        for _ in range(200):  # the server sees the idle ones close: new connections work again
+            with connect(server) as sock:
+                sock.sendall(
+                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                )
+                if read_answer(sock).startswith(b"HTTP/1.1 200 "):
+                    break
+        else:
+            raise AssertionError("new connections are still refused after the idle ones closed")
+        sender.close()

@@ -265,6 +265,25 @@ def _make_server(config: uvicorn.Config, db: str) -> uvicorn.Server:
     return Server(config)
 
 
+def _open_files_for(settings: Settings) -> None:
+    """Raise the soft open-file limit to the hard one (as Go and nginx do), and warn when
+    ``server.max_connections`` still does not fit: beyond the limit ``accept`` fails, and a
+    valid callback is reset instead of answered."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = settings.server.max_connections + settings.forward.max_connections + 64
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        _err(
+            f"warning: server.max_connections ({settings.server.max_connections}) does not fit "
+            f"in the open-file limit ({soft}, ulimit -n): lower it or raise the limit"
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port)
     import uvicorn
@@ -279,8 +298,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"storage.path {settings.storage.path} is a directory", EXIT_USAGE)
     from tracker.app import create_app
     from tracker.config import serving
+    from tracker.http11 import protocol_class
 
     settings = serving(settings)
+    _open_files_for(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -290,7 +311,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=settings.server.access_log,
         lifespan="on",
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(settings.server),  # httptools, with limits on heads and connections
+        timeout_keep_alive=settings.server.keepalive_seconds,  # type: ignore[arg-type]
         # The app reads the peer itself (server.forwarded_allow_ips): uvicorn's middleware would
         # replace it with what X-Forwarded-For says, and trusts loopback peers by default.
         proxy_headers=False,

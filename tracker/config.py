@@ -28,6 +28,10 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     access_log: bool = False
     allowed_hosts: tuple[str, ...] = ()
     forwarded_allow_ips: tuple[str, ...] = ()
+    header_timeout_seconds: float = 10.0
+    max_header_bytes: int = 32_768
+    max_connections: int = 1000
+    keepalive_seconds: float = 5.0
 
 
 class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -103,6 +107,10 @@ def _validate(s: Settings) -> Settings:
         "forward.timeout_seconds": s.forward.timeout_seconds,
         "forward.max_connections": s.forward.max_connections,
         "ingest.body_timeout_seconds": s.ingest.body_timeout_seconds,
+        "server.header_timeout_seconds": s.server.header_timeout_seconds,
+        "server.max_header_bytes": s.server.max_header_bytes,
+        "server.max_connections": s.server.max_connections,
+        "server.keepalive_seconds": s.server.keepalive_seconds,
     }
     for key, value in positive.items():
         if value <= 0:

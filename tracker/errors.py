@@ -74,6 +74,12 @@ class TooLarge(TrackerError):
     status, code = 413, "too_large"
 
 
+class HeadersTooLarge(TrackerError):
+    """431: the request line and headers exceed ``server.max_header_bytes``."""
+
+    status, code = 431, "headers_too_large"
+
+
 class UnsupportedMediaType(TrackerError):
     status, code = 415, "unsupported_media_type"
 
@@ -88,6 +94,12 @@ class StorageUnavailable(TrackerError):
     """503: the database cannot commit (full disk, read-only or locked file, I/O error)."""
 
     status, code = 503, "unavailable"
+
+
+class TooManyConnections(TrackerError):
+    """503: a new connection beyond ``server.max_connections``."""
+
+    status, code = 503, "too_many_connections"
 
 
 class BadGateway(TrackerError):
@@ -110,6 +122,7 @@ __all__ = [
     "CrossSite",
     "EventRejected",
     "GatewayTimeout",
+    "HeadersTooLarge",
     "HostNotAllowed",
     "InvalidEvent",
     "InvalidJson",
@@ -118,6 +131,7 @@ __all__ = [
     "RequestTimeout",
     "StorageUnavailable",
     "TooLarge",
+    "TooManyConnections",
     "TrackerError",
     "Unauthorized",
     "UnsupportedMediaType",
