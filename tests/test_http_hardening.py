@@ -6,6 +6,7 @@ connection floods. Forwarding tricks are in ``test_forward.py``.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import json
 import socket
@@ -439,3 +440,51 @@ def test_beyond_max_connections_new_connections_get_503_and_open_ones_are_served
         else:
             raise AssertionError("new connections are still refused after the idle ones closed")
         sender.close()
+
+
+# --------------------------------------------------------------------------------------------
+# What held up, kept tested
+
+
+def test_a_gzip_body_is_not_decompressed_but_refused_and_quarantined(anyhost: Server) -> None:
+    cid = new_id()
+    packed = gzip.compress(json.dumps(hangup(cid)).encode() + b" " * 100_000)  # a "zip bomb"
+    with anyhost.client() as c:
+        r = c.post(
+            "/callbacks",
+            content=packed,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        assert_error(r, 400, "invalid_json")
+        assert c.get(f"/calls/{cid}").status_code == 404
+        [reject] = [x for x in all_rejects(c) if x["size"] == len(packed)]
+        assert reject["error"] == "invalid_json"
+
+
+def test_the_query_token_is_required_whatever_the_path_trick_or_method(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "token.toml", {"query": {"token": "s3cr3t-token"}})
+    tricks = [
+        "/calls",
+        "/calls/x",
+        "/calls%2Fx",
+        "/%63alls/x",
+        "/calls/x%2F..%2F..%2Fevents",
+        "//calls",
+        "/./calls",
+        "/calls/",
+        "/events/",
+        "/events%2Fstream",
+        "/Calls",
+        "/rejects?limit=1000",
+        "/metrics",
+        "/openapi.json",
+        "/nothing-here",
+    ]
+    with running(tmp_path / "t.db", config=config) as server:
+        for target in tricks:
+            for method in ("GET", "HEAD", "POST", "DELETE"):
+                r = raw_get(server, target, method)
+                assert r.status_code == 401, (method, target, r.status_code)
+                assert r.headers["www-authenticate"] == "Bearer"
+        for target in ("/healthz", "/readyz"):
+            assert raw_get(server, target).status_code == 200
