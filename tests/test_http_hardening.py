@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import http.client
 import json
+import resource
 import socket
 import uuid
 from collections.abc import Iterator
@@ -488,3 +489,21 @@ def test_the_query_token_is_required_whatever_the_path_trick_or_method(tmp_path:
                 assert r.headers["www-authenticate"] == "Bearer"
         for target in ("/healthz", "/readyz"):
             assert raw_get(server, target).status_code == 200
+
+
+def test_serve_raises_its_open_file_limit_and_warns_when_max_connections_does_not_fit(
+    tmp_path: Path,
+) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("needs a finite hard open-file limit above 256")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    with running(tmp_path / "a.db", preexec=low_soft_limit) as server:
+        assert resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE) == (hard, hard)
+        assert "max_connections" not in "".join(server.output)
+    with limited_server(tmp_path, max_connections=hard + 1) as server:
+        warning = "".join(server.output)
+        assert "server.max_connections" in warning and "open-file limit" in warning
