@@ -397,6 +397,7 @@ def test_an_oversized_request_head_gets_431_and_the_connection_is_closed(
         assert raw_exchange(server.url, fits).startswith(b"HTTP/1.1 200 ")
         with server.client() as c:
             assert c.get(f"/calls/{cid}").status_code == 200
+        assert "Invalid HTTP request" not in "".join(server.output)  # a 431, not a parse error
 
 
 def test_beyond_max_connections_new_connections_get_503_and_open_ones_are_served(

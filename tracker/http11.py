@@ -38,10 +38,6 @@ LINGER_SECONDS: Final = 2.0  # how long an answered-and-refused connection is st
 _REASONS: Final = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-class _Refused(Exception):
-    """Raised from a parser callback to stop parsing a refused request."""
-
-
 def _raw_error(err: TrackerError) -> bytes:
     body = error_body(err)
     reason = _REASONS.get(err.status, b"Service Unavailable")
@@ -108,6 +104,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(self._too_large())
 
     def on_message_begin(self) -> None:
+        if self._refused:
+            return
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
@@ -122,9 +120,27 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # The whole head arrived, maybe in one read: its exact size (request line, headers).
         size = len(self.url) + 16 + sum(len(k) + len(v) + 4 for k, v in self.headers)
         if size > self.max_header_bytes:
-            self._refuse(self._too_large())
-            raise _Refused  # stops the parser; uvicorn's own 400 is skipped (send_400_response)
+            self._refuse(self._too_large())  # the rest of this read is ignored (callbacks below)
+            return
         super().on_headers_complete()
+
+    # Once refused, what the parser still finds in the current read is ignored.
+
+    def on_url(self, url: bytes) -> None:
+        if not self._refused:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._refused:
+            super().on_header(name, value)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:  # the parser's 400 for an invalid request, unless we answered
