@@ -11,6 +11,8 @@ import http.client
 import json
 import resource
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -508,3 +510,21 @@ def test_serve_raises_its_open_file_limit_and_warns_when_max_connections_does_no
     with limited_server(tmp_path, max_connections=hard + 1) as server:
         warning = "".join(server.output)
         assert "server.max_connections" in warning and "open-file limit" in warning
+
+
+def test_the_head_attack_script_runs_and_finds_the_limits_in_place() -> None:
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "attack_heads.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=root / "scripts",
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert found["huge"]["answers"] == ["HTTP/1.1 431 Request Header Fields Too Large"] * 3
+    assert found["trickle"]["answer"] == "HTTP/1.1 408 Request Timeout"
+    assert found["idle"]["valid_callback"] == "HTTP/1.1 200 OK"
+    assert found["idle"]["still_open_after_11s"] == 0
