@@ -30,11 +30,10 @@ from typing import Any, ClassVar, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tracker.app import error_body
+from tracker.app import LINGER_SECONDS, error_body
 from tracker.config import Server
 from tracker.errors import HeadersTooLarge, RequestTimeout, TooManyConnections, TrackerError
 
-LINGER_SECONDS: Final = 2.0  # how long an answered-and-refused connection is still drained
 _REASONS: Final = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
