@@ -10,7 +10,7 @@
 * ``constview``: ``GET /calls/{callId}`` answers the bytes of ``$WHATIF_VIEW_FILE`` for every id,
   without the SQLite lookup and the rendering (scripts/bench_query.py's ceiling).
 * ``plain-http``: everything as usual, but on uvicorn's own httptools protocol, without the
-  limits on request heads and connections of ``tracker/http11.py`` (scripts/attack_heads.py).
+  limits on request heads and connections of ``tracker/http/protocol.py`` (scripts/attack_heads.py).
 
 Never a way to run the service: it acknowledges events it does not keep. It exists to measure
 how much of the bare app's speed each stage of the real paths leaves (BENCHMARKS.md).
@@ -24,10 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import tracker.app
 import tracker.cli
-import tracker.http11
-import tracker.store
+import tracker.http.callbacks
+import tracker.http.protocol
+import tracker.http.queries
+import tracker.records
+import tracker.storage.sqlite.database
 import tracker.writer
 
 
@@ -38,15 +40,17 @@ def main() -> int:
     if what == "plain-http":
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-        tracker.http11.protocol_class = lambda server: HttpToolsProtocol  # type: ignore[assignment,return-value]
+        tracker.http.protocol.protocol_class = lambda server: HttpToolsProtocol  # type: ignore[assignment,return-value]
         return tracker.cli.main(args)
     if what == "constview":  # GET /calls/{id}: no lookup, no render; the body of a real call
         view = Path(os.environ["WHATIF_VIEW_FILE"]).read_bytes()
-        tracker.store.get_view = lambda conn, call_id: view  # type: ignore[assignment]
+        storage = tracker.storage.sqlite.database.SqliteStorage
+        storage.call = lambda self, call_id: True  # type: ignore[assignment,method-assign,return-value]
+        tracker.http.queries.call_json = lambda record: view  # type: ignore[assignment]
         return tracker.cli.main(args)
 
     async def submit(self: Any, entries: Sequence[Any], rejects: Sequence[Any] = ()) -> Any:
-        return [tracker.store.Appended(0, False)] * len(entries)
+        return [tracker.records.Appended(0, False)] * len(entries)
 
     tracker.writer.Writer.submit = submit  # type: ignore[method-assign]
     if what == "httponly":
@@ -54,7 +58,7 @@ def main() -> int:
         def parse_entries(body: bytes, kind: str, max_batch: int) -> Any:
             return [None], False
 
-        tracker.app.parse_entries = parse_entries  # type: ignore[assignment]
+        tracker.http.callbacks.parse_entries = parse_entries  # type: ignore[assignment]
     return tracker.cli.main(args)
 
 

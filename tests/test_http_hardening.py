@@ -296,6 +296,7 @@ def test_the_document_and_the_app_serve_exactly_the_route_table() -> None:
         r.path: {m.lower() for m in r.methods} for r in ROUTES
     }
     app = create_app(Settings())
+    assert all(callable(app._handler(r.handler)) for r in ROUTES)  # every handler exists
     served = {(r.path, m) for r in app.starlette.routes for m in r.methods or ()}  # type: ignore[attr-defined]
     assert served == {(r.path, m) for r in ROUTES if not r.raw for m in (*r.methods, "HEAD")}
     with pytest.raises(RuntimeError, match="differs from the routes"):

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 
+from tracker.render import CallView, EventRow, RejectRow
 from tracker.routes import ROUTES
-from tracker.state import OUTCOMES, CallView
-from tracker.store import EventRow, RejectRow
+from tracker.state import OUTCOMES
 
 
 class Error(msgspec.Struct):

@@ -9,20 +9,20 @@ from typing import Final, NamedTuple
 class RouteSpec(NamedTuple):
     path: str  # OpenAPI path template
     methods: tuple[str, ...]  # GET also answers HEAD
-    handler: str  # the TrackerApp method that serves it
+    handler: str  # what serves it: an attribute path from the TrackerApp ("queries.stats")
     raw: bool = False  # matched on the raw path ahead of Starlette (see TrackerApp.__call__)
 
 
 ROUTES: Final = (
-    RouteSpec("/callbacks", ("POST", "GET"), "ingest", raw=True),
-    RouteSpec("/callbacks/{path}", ("POST", "GET"), "ingest", raw=True),
-    RouteSpec("/calls/{callId}", ("GET",), "call_route", raw=True),
-    RouteSpec("/calls/{callId}/events", ("GET",), "call_route", raw=True),
-    RouteSpec("/calls", ("GET",), "list_calls"),
-    RouteSpec("/stats", ("GET",), "stats"),
-    RouteSpec("/events", ("GET",), "events"),
-    RouteSpec("/events/stream", ("GET",), "stream"),
-    RouteSpec("/rejects", ("GET",), "rejects"),
+    RouteSpec("/callbacks", ("POST", "GET"), "callbacks", raw=True),
+    RouteSpec("/callbacks/{path}", ("POST", "GET"), "callbacks", raw=True),
+    RouteSpec("/calls/{callId}", ("GET",), "queries.call_route", raw=True),
+    RouteSpec("/calls/{callId}/events", ("GET",), "queries.call_route", raw=True),
+    RouteSpec("/calls", ("GET",), "queries.list_calls"),
+    RouteSpec("/stats", ("GET",), "queries.stats"),
+    RouteSpec("/events", ("GET",), "queries.events"),
+    RouteSpec("/events/stream", ("GET",), "live.stream"),
+    RouteSpec("/rejects", ("GET",), "queries.rejects"),
     RouteSpec("/healthz", ("GET",), "healthz"),
     RouteSpec("/readyz", ("GET",), "readyz"),
     RouteSpec("/metrics", ("GET",), "metrics_route"),

@@ -1,6 +1,6 @@
 """Group commit: one thread owns the write connection; requests queue, batches commit together.
 
-The event loop never touches SQLite for writes. A request puts its entries on the queue and awaits
+The event loop never touches storage for writes. A request puts its entries on the queue and awaits
 a future; the writer thread takes everything queued at that moment (up to ``max_events``), writes
 it in one transaction (append + projection + quarantine), commits, and resolves every future of the
 batch with one hop back to the loop. There is no timer: a batch is whatever arrived while the
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracker.errors import StorageUnavailable
-from tracker.store import Appended, Entry, Reject, Store, connect
+from tracker.records import Appended, Entry, Reject
+from tracker.storage import Storage, StorageError
 
 
 @dataclass(slots=True)
@@ -32,23 +32,6 @@ class _Job:
 
 
 _STOP = object()
-CHECKPOINT_SECONDS = 0.2  # how often the checkpointer copies committed WAL pages into the file
-
-
-def describe_storage_error(err: sqlite3.Error) -> str:
-    text = str(err)
-    low = text.lower()
-    if "full" in low:
-        why = "the disk is full"
-    elif "readonly" in low or "read-only" in low:
-        why = "the database file is read-only"
-    elif "locked" in low or "busy" in low:
-        why = "the database is locked by another process"
-    elif "i/o error" in low:  # EFBIG (a file-size limit) and EIO land here, not as "full"
-        why = "a write to the disk failed (the disk or a file-size limit may be full)"
-    else:
-        why = "the database cannot be written"
-    return f"storage cannot commit ({why}: {text}); nothing was stored, retry later"
 
 
 class Writer:
@@ -56,7 +39,7 @@ class Writer:
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         *,
         max_events: int = 2000,
         on_commit: Callable[[int, list[tuple[Sequence[Entry], list[Appended]]], float], None]
@@ -69,36 +52,15 @@ class Writer:
         self.on_error = on_error
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._checkpointer: threading.Thread | None = None
-        self._stop_checkpoints = threading.Event()
         self.commits = 0
-        self.last_seq = store.conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        self.last_seq = store.head()
         self.healthy = True
         self.last_error: str | None = None
 
     def start(self) -> None:
-        # Checkpoints (copying the WAL into the database file, with an fsync) would otherwise run
-        # inside a commit of the writer every 1000 pages; a thread of their own keeps that work
-        # off the path of the requests that wait for the commit.
-        self.store.conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="tracker-checkpoint", daemon=True
-        )
-        self._checkpointer.start()
+        self.store.start_maintenance()
         self._thread = threading.Thread(target=self._run, name="tracker-writer", daemon=True)
         self._thread.start()
-
-    def _checkpoint_loop(self) -> None:
-        conn = connect(self.store.path, busy_ms=self.store.busy_ms)
-        seen = 0
-        try:
-            while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
-                if self.commits != seen:
-                    seen = self.commits
-                    with contextlib.suppress(sqlite3.Error):  # busy or faulty: next time
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            conn.close()
 
     async def submit(
         self, entries: Sequence[Entry], rejects: Sequence[Reject] = ()
@@ -110,15 +72,11 @@ class Writer:
         return await fut
 
     def stop(self) -> None:
-        """Commit what is queued, then stop the thread and close the store (checkpoints WAL)."""
+        """Commit what is queued, then stop the thread and close the storage."""
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
-        if self._checkpointer is not None:
-            self._stop_checkpoints.set()
-            self._checkpointer.join()
-            self._checkpointer = None
         self.store.close()
 
     # -- the thread ----------------------------------------------------------------------------
@@ -150,14 +108,13 @@ class Writer:
         t0 = time.perf_counter()
         try:
             results = self.store.write_batch(groups, rejects)
-        except sqlite3.Error as err:
-            detail = describe_storage_error(err)
+        except StorageError as err:
             self.healthy = False
-            self.last_error = detail
+            self.last_error = err.detail
             # a read-only or broken handle does not heal by itself: reopen for next time
             with contextlib.suppress(Exception):
-                self.store.reopen()
-            self._resolve(jobs, None, StorageUnavailable(detail), 0.0)
+                self.store.recover()
+            self._resolve(jobs, None, err, 0.0)
             return
         except Exception as err:  # never leave a request hanging
             self._resolve(jobs, None, StorageUnavailable(f"storage failed: {err!r}"), 0.0)

@@ -30,9 +30,9 @@ from typing import Any, ClassVar, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tracker.app import LINGER_SECONDS, error_body
 from tracker.config import Server
 from tracker.errors import HeadersTooLarge, RequestTimeout, TooManyConnections, TrackerError
+from tracker.http.asgi import LINGER_SECONDS, error_body
 
 _REASONS: Final = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
