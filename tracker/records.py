@@ -87,13 +87,27 @@ class StoredReject(NamedTuple):
     body: bytes
 
 
+class Kpis(NamedTuple):
+    """Sums over the ended calls, for SPEC §5's telephony figures (the ratios and means are
+    :func:`tracker.render.stats_json`'s): ``talk_ms`` over the ``talk_n`` answered calls whose
+    end time is known, ``ring_ms`` over the ``ring_n`` whose start and answer are known."""
+
+    attempts: int
+    answered: int
+    talk_ms: float
+    talk_n: int
+    ring_ms: float
+    ring_n: int
+
+
 class Counts(NamedTuple):
-    """Calls counted by status, outcome and cause (``None`` values left out)."""
+    """Calls counted by status, outcome and cause (``None`` values left out), and the KPIs."""
 
     total: int
     by_status: dict[str, int]
     by_outcome: dict[str, int]
     by_cause: dict[str, int]
+    kpis: Kpis
 
 
 #: One call whose projection differs from its log: its id and each differing field as

@@ -3,9 +3,9 @@
 ``/callbacks`` goes to the lean ingest path (:mod:`tracker.http.callbacks`), ``/calls/{callId}``
 to the raw-path route of :mod:`tracker.http.queries`; everything else is a small Starlette
 application (the query routes, the live stream of :mod:`tracker.http.stream`, health, metrics,
-the OpenAPI document). The lifespan opens the storage, starts the group-commit writer (and the
-forwarder), and on exit drains and closes them. Errors are data (:mod:`tracker.errors`) rendered
-by :func:`tracker.http.asgi.error_response`.
+the OpenAPI document, the dashboard of :mod:`tracker.http.dashboard`). The lifespan opens the
+storage, starts the group-commit writer (and the forwarder), and on exit drains and closes them.
+Errors are data (:mod:`tracker.errors`) rendered by :func:`tracker.http.asgi.error_response`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from tracker.http.asgi import (
     send_error,
 )
 from tracker.http.callbacks import Callbacks
+from tracker.http.dashboard import Dashboard, is_page
 from tracker.http.queries import Queries
 from tracker.http.stream import LiveStream
 from tracker.metrics import Metrics
@@ -55,7 +56,8 @@ from tracker.writer import Writer
 
 _json = msgspec.json.Encoder()
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-_RAW_PREFIXES = (b"/callbacks/", b"/calls/")  # what follows may hold %2F (a sub-path, a call id)
+# what follows may hold %2F: a /callbacks sub-path, a call id (API and dashboard)
+_RAW_PREFIXES = (b"/callbacks/", b"/calls/", b"/ui/calls/")
 
 __all__ = ["TrackerApp", "create_app", "raw_route_path", "route_path"]
 
@@ -77,8 +79,9 @@ class TrackerApp:
         hosts = HostCheck(settings.server.allowed_hosts)
         # None: any host (allowed_hosts unset, as when embedded, or "*")
         self._hosts = None if hosts.any or not settings.server.allowed_hosts else hosts
+        self.dashboard = Dashboard(self._token, self.metrics)
         routes = [
-            Route(r.path, self._handler(r.handler), methods=list(r.methods))
+            Route(r.served or r.path, self._handler(r.handler), methods=list(r.methods))
             for r in ROUTES
             if not r.raw
         ]
@@ -218,7 +221,13 @@ class TrackerApp:
             if (path == "/callbacks" or path.startswith("/callbacks/")) and not slashed:
                 await self.callbacks(scope, receive, send, path)
                 return
-            if self._token is not None and path not in OPEN_PATHS and not self._bearer_ok(scope):
+            if (
+                self._token is not None
+                and path not in OPEN_PATHS
+                and not is_page(path)  # the pages and their assets hold no data
+                and not self._bearer_ok(scope)
+                and not self.dashboard.cookie_ok(scope)  # the dashboard's session
+            ):
                 self.metrics.query_auth_failures += 1
                 await send_error(send, Unauthorized("a bearer token is required", "Bearer"))
                 return

@@ -199,6 +199,12 @@ class SqliteStorage:
     def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
         return self._read(queries.stats, since=since, until=until)
 
+    def time_bounds(self) -> tuple[int | None, int | None]:
+        return self._read(queries.time_bounds)
+
+    def series(self, *, since: int, until: int, step_ms: int) -> dict[str, list[int]]:
+        return self._read(queries.series, since=since, until=until, step_ms=step_ms)
+
     def events_after(self, after: int, limit: int) -> list[LoggedEvent]:
         return self._read(queries.events_after, after, limit)
 
