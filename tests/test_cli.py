@@ -437,6 +437,34 @@ def test_the_config_file_comes_from_tracker_config_when_no_flag_is_given(tmp_pat
     assert proc.returncode == 2 and "nope" in proc.stderr
 
 
+def test_a_basic_username_with_a_colon_stops_serve_at_start_up_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "c.toml").write_text('[ingest]\nusername = "b:w"\npassword = "pw"\n')
+    proc = run(tmp_path, "serve", "--port", "0", "--config", "c.toml", "--db", "t.db")
+    assert proc.returncode == 2, proc.stderr
+    assert "ingest.username" in proc.stderr and "':'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.parametrize("token", [" secret", "secret ", "sec\nret", "sec\tret"])
+def test_a_query_token_no_header_could_carry_is_a_configuration_error(token: str) -> None:
+    from tracker.config import load_settings
+    from tracker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"query\.token"):
+        load_settings(env={"TRACKER_QUERY_TOKEN": token})
+
+
+def test_a_negative_busy_timeout_is_a_configuration_error() -> None:
+    from tracker.config import load_settings
+    from tracker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"storage\.busy_timeout_ms"):
+        load_settings(env={"TRACKER_STORAGE_BUSY_TIMEOUT_MS": "-1"})
+    assert load_settings(env={"TRACKER_QUERY_TOKEN": "a b:c"}).query.token == "a b:c"
+
+
 def test_storage_path_precedence_is_flag_then_environment_then_file(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text('[storage]\npath = "file.db"\n')
     (tmp_path / "in.ndjson").write_text(ndjson(CALL_1))

@@ -121,7 +121,30 @@ def _validate(s: Settings) -> Settings:
             )
     if bool(s.ingest.username) != bool(s.ingest.password):
         raise ConfigError("ingest.username and ingest.password must be set together")
+    _check_credentials(s)
+    if s.storage.busy_timeout_ms < 0:
+        raise ConfigError(
+            f"storage.busy_timeout_ms must be 0 or more, got {s.storage.busy_timeout_ms}"
+        )
     return s
+
+
+def _check_credentials(s: Settings) -> None:
+    """Credentials that load but could never be presented: every request would get 401."""
+    if ":" in s.ingest.username:
+        # Basic sends "user:password" and the receiver splits at the first colon
+        raise ConfigError(
+            f"ingest.username must not contain ':' (HTTP Basic splits user and password at the "
+            f"first colon, so no client could send it), got {s.ingest.username!r}"
+        )
+    token = s.query.token
+    if token != token.strip() or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
+        # a header value cannot carry control characters, and its surrounding spaces are not
+        # part of it
+        raise ConfigError(
+            "query.token must not contain control characters or leading or trailing spaces "
+            "(no Authorization header could carry it)"
+        )
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
