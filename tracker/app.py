@@ -396,6 +396,7 @@ class TrackerApp:
             max_events=self.settings.ingest.max_commit_events,
             on_commit=self._on_commit,
             on_error=self._on_error,
+            wal_checkpoint_bytes=s.wal_checkpoint_mb << 20,
         )
         self.writer.start()
         self.reader = st.connect(s.path, busy_ms=s.busy_timeout_ms, mmap_mb=s.read_mmap_mb)

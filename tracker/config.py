@@ -31,6 +31,7 @@ class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     synchronous: str = "normal"
     busy_timeout_ms: int = 5000
     read_mmap_mb: int = 2048
+    wal_checkpoint_mb: int = 4
 
 
 class Ingest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -99,6 +100,7 @@ def _validate(s: Settings) -> Settings:
         "forward.timeout_seconds": s.forward.timeout_seconds,
         "forward.max_connections": s.forward.max_connections,
         "ingest.body_timeout_seconds": s.ingest.body_timeout_seconds,
+        "storage.wal_checkpoint_mb": s.storage.wal_checkpoint_mb,
     }
     for key, value in positive.items():
         if value <= 0:

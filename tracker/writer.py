@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -32,7 +33,9 @@ class _Job:
 
 
 _STOP = object()
+_CHECKPOINT = object()  # the checkpointer asks the writer for a truncating checkpoint (idle WAL)
 CHECKPOINT_SECONDS = 0.2  # how often the checkpointer copies committed WAL pages into the file
+WAL_CHECKPOINT_BYTES = 4 << 20  # storage.wal_checkpoint_mb's default: SQLite's own 1000 pages
 
 
 def describe_storage_error(err: sqlite3.Error) -> str:
@@ -62,9 +65,16 @@ class Writer:
         on_commit: Callable[[int, list[tuple[Sequence[Entry], list[Appended]]], float], None]
         | None = None,
         on_error: Callable[[], None] | None = None,
+        wal_checkpoint_bytes: int = WAL_CHECKPOINT_BYTES,
     ) -> None:
         self.store = store
         self.max_events = max_events
+        self.wal_checkpoint_bytes = wal_checkpoint_bytes
+        self._wal_path = f"{store.path}-wal"
+        self._truncate_at = wal_checkpoint_bytes  # the -wal size that calls for a checkpoint
+        self._ckpt_lock = threading.Lock()  # one checkpoint at a time (thread or writer)
+        self.truncations = 0  # checkpoints of the writer that emptied the WAL
+        self._asked = threading.Event()  # a _CHECKPOINT is on the queue
         self.on_commit = on_commit
         self.on_error = on_error
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -76,11 +86,20 @@ class Writer:
         self.healthy = True
         self.last_error: str | None = None
 
-    def start(self) -> None:
+    def _tune(self) -> None:
         # Checkpoints (copying the WAL into the database file, with an fsync) would otherwise run
-        # inside a commit of the writer every 1000 pages; a thread of their own keeps that work
-        # off the path of the requests that wait for the commit.
-        self.store.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        # inside a commit of the writer every 1000 pages; a thread of their own does most of that
+        # copying off the path of the requests that wait for the commit. But a PASSIVE checkpoint
+        # running beside a writer that keeps appending never completes, and the WAL only starts
+        # over after a complete one: so the writer itself, between two group commits, truncates
+        # the WAL once it passes ``wal_checkpoint_bytes`` (``_maybe_truncate``).
+        conn = self.store.conn
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        # a WAL that restarts without our truncation (another process's checkpoint) is cut back
+        conn.execute(f"PRAGMA journal_size_limit = {int(self.wal_checkpoint_bytes)}")
+
+    def start(self) -> None:
+        self._tune()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="tracker-checkpoint", daemon=True
         )
@@ -95,10 +114,47 @@ class Writer:
             while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
                 if self.commits != seen:
                     seen = self.commits
-                    with contextlib.suppress(sqlite3.Error):  # busy or faulty: next time
+                    with self._ckpt_lock, contextlib.suppress(sqlite3.Error):  # busy: next time
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                elif not self._asked.is_set() and self._wal_size() > self.wal_checkpoint_bytes:
+                    # no commits now, and the WAL is still long (a long reader held it): the
+                    # writer truncates it in its turn
+                    self._asked.set()
+                    self._queue.put(_CHECKPOINT)
         finally:
             conn.close()
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(self._wal_path).st_size
+        except OSError:
+            return 0
+
+    def _maybe_truncate(self, *, force: bool = False) -> None:
+        """In the writer's turn: when the WAL has grown past the mark, checkpoint it completely
+        and truncate it (no writer can append meanwhile: this is the writer). Readers still on
+        WAL pages are not waited for (busy timeout 0): what they hold stays, and the mark moves
+        up by half a threshold so that a long reader does not make every commit try again."""
+        size = self._wal_size()
+        if size <= self.wal_checkpoint_bytes:  # restarted and cut back by journal_size_limit
+            self._truncate_at = self.wal_checkpoint_bytes
+        if size <= self._truncate_at and not force:
+            return
+        conn = self.store.conn
+        busy = 1
+        with self._ckpt_lock, contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.store.busy_ms)}")
+        if busy == 0:
+            self.truncations += 1
+            self._truncate_at = self.wal_checkpoint_bytes
+        else:
+            self._truncate_at = (
+                max(size, self.wal_checkpoint_bytes) + self.wal_checkpoint_bytes // 2
+            )
 
     async def submit(
         self, entries: Sequence[Entry], rejects: Sequence[Reject] = ()
@@ -130,6 +186,10 @@ class Writer:
             item = q.get()
             if item is _STOP:
                 break
+            if item is _CHECKPOINT:
+                self._maybe_truncate(force=True)
+                self._asked.clear()
+                continue
             jobs: list[_Job] = [item]
             n = len(item.entries) + len(item.rejects)
             while n < self.max_events:
@@ -140,9 +200,13 @@ class Writer:
                 if nxt is _STOP:
                     stopping = True
                     break
+                if nxt is _CHECKPOINT:
+                    self._asked.clear()  # the writer checks the WAL after this commit anyway
+                    continue
                 jobs.append(nxt)
                 n += len(nxt.entries) + len(nxt.rejects)
             self._commit(jobs)
+            self._maybe_truncate()
 
     def _commit(self, jobs: list[_Job]) -> None:
         groups = [j.entries for j in jobs]
@@ -157,6 +221,7 @@ class Writer:
             # a read-only or broken handle does not heal by itself: reopen for next time
             with contextlib.suppress(Exception):
                 self.store.reopen()
+                self._tune()
             self._resolve(jobs, None, StorageUnavailable(detail), 0.0)
             return
         except Exception as err:  # never leave a request hanging
