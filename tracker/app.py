@@ -469,7 +469,7 @@ class TrackerApp:
                 if r.duplicate:
                     m.duplicates += 1
                 else:
-                    m.ingested[e.event_type] += 1
+                    m.count_ingested(e.event_type)
         m.batch_events.observe(n)
         m.commit_seconds.observe(elapsed)
         self._notify()
