@@ -6,11 +6,21 @@ Through Starlette's TestClient on a real SQLite file (the lifespan runs), like
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
 
 from tests.callbacks import v1
 from tests.test_api_query import post, serving
 from tracker.events import V1_TYPES, V2_TYPES
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with serving(tmp_path / "tracker.db") as c:
+        yield c
 
 
 def test_unknown_event_types_are_counted_under_one_metrics_label(tmp_path: Path) -> None:
@@ -29,3 +39,15 @@ def test_unknown_event_types_are_counted_under_one_metrics_label(tmp_path: Path)
     }
     assert labels == {"incomingcall": 1, "other": 301}
     assert set(labels) <= V1_TYPES | V2_TYPES | {"other"}
+
+
+@pytest.mark.parametrize(
+    "value", ["9223372036854775808", "99999999999999999999999", "1_0", " 3 ", "-1", "+3", "0x1", ""]
+)
+def test_a_last_event_id_that_is_not_a_canonical_seq_gets_400_naming_the_header(
+    client: TestClient, value: str
+) -> None:
+    r = client.get("/events/stream", headers={"Last-Event-ID": value})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "bad_parameter"
+    assert "Last-Event-ID" in r.json()["detail"]

@@ -803,11 +803,8 @@ class TrackerApp:
         _only(params, {"after"})
         after = _int_param(params, "after", 0, 0, MAX_SEQ)
         last_id = request.headers.get("last-event-id")
-        if last_id is not None:
-            try:
-                after = max(0, int(last_id))
-            except ValueError:
-                raise BadParameter("Last-Event-ID must be an integer seq") from None
+        if last_id is not None:  # the same strict reading as ?after= (no "1_0", " 3 ", 2**63)
+            after = _int_param({"Last-Event-ID": last_id}, "Last-Event-ID", 0, 0, MAX_SEQ)
         if self._changed is None:
             raise StorageUnavailable("the service is not started (lifespan not run)")
         return StreamingResponse(
