@@ -51,3 +51,14 @@ def test_a_last_event_id_that_is_not_a_canonical_seq_gets_400_naming_the_header(
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "bad_parameter"
     assert "Last-Event-ID" in r.json()["detail"]
+
+
+def test_readyz_shows_no_counts_without_the_token_when_one_is_set(tmp_path: Path) -> None:
+    with serving(tmp_path / "t.db", query={"token": "s3cr3t"}) as c:
+        post(c, v1("incomingcall", "c-1", "2024-05-01T10:00:00Z"))
+        for headers in ({}, {"authorization": "Bearer wrong"}):
+            r = c.get("/readyz", headers=headers)
+            assert (r.status_code, r.json()) == (200, {"status": "ready"})
+            assert c.get("/healthz", headers=headers).json() == {"status": "ok"}
+        r = c.get("/readyz", headers={"authorization": "Bearer s3cr3t"})
+        assert r.json() == {"status": "ready", "lastSeq": 1}
