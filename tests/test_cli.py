@@ -260,10 +260,62 @@ def test_a_call_id_with_quotes_commas_and_a_newline_round_trips_through_csv(
     event_rows = list(csv.DictReader(io.StringIO(events.stdout, newline="")))
     hostile = call_rows[-1]
     assert hostile["callId"] == HOSTILE_ID
-    assert hostile["tag"] == "=SUM(A1)"  # exact data, no formula escaping
+    assert hostile["tag"] == "'=SUM(A1)"  # defused by default (--raw: exact)
     assert hostile["outcome"] == "" and hostile["eventCount"] == "2"
     assert [r["callId"] for r in event_rows][-2:] == [HOSTILE_ID, HOSTILE_ID]
     assert [json.loads(r["payload"]) for r in event_rows] == EVENTS
+
+
+FORMULAS = {
+    '=HYPERLINK("http://evil.example","x")': '\'=HYPERLINK("http://evil.example","x")',
+    "@SUM(A1:A9)": "'@SUM(A1:A9)",
+    "+1+cmd|' /C calc'!A0": "'+1+cmd|' /C calc'!A0",
+    "-2+3": "'-2+3",
+    "\t=1": "'\t=1",
+    "\r=1": "'\r=1",
+    "+13233326955": "+13233326955",
+    "-3.5": "-3.5",
+    "+.5e-3": "+.5e-3",
+    "-": "'-",
+    "+": "'+",
+    "plain = text": "plain = text",
+}
+
+
+def test_csv_export_defuses_formula_cells_but_not_signed_numbers(tmp_path: Path) -> None:
+    events = [
+        v
+        for i, tag in enumerate(FORMULAS)
+        for v in [
+            {
+                "eventType": "incomingcall",
+                "callId": f"c-f{i}",
+                "time": f"2020-01-01T00:00:{i:02d}Z",
+                "from": "+13233326955",
+                "tag": tag,
+            }
+        ]
+    ]
+    events.append({"eventType": "=cmd()", "callId": "@c-evil", "time": "2020-01-01T00:01:00Z"})
+    db = load(tmp_path, events)
+
+    def export(*args: str) -> list[dict[str, str]]:
+        out = tmp_path / "out.csv"  # a file, read with newline="": CR cells stay CR
+        proc = run(tmp_path, "export", *args, "--format", "csv", "-o", str(out), "--db", db.name)
+        assert proc.returncode == 0, proc.stderr
+        with out.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    rows = export("calls")
+    assert [r["tag"] for r in rows[:-1]] == list(FORMULAS.values())
+    assert {r["from"] for r in rows[:-1]} == {"+13233326955"}
+    assert rows[-1]["callId"] == "'@c-evil"
+    last = export("events")[-1]
+    assert (last["eventType"], last["callId"]) == ("'=cmd()", "'@c-evil")
+    assert json.loads(last["payload"])["eventType"] == "=cmd()"  # JSON text: starts with {
+    raw_rows = export("calls", "--raw")
+    assert [r["tag"] for r in raw_rows[:-1]] == list(FORMULAS)
+    assert raw_rows[-1]["callId"] == "@c-evil"
 
 
 def test_export_to_a_file_writes_it_and_leaves_stdout_empty(shared: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import csv
 import gc
 import io
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -498,7 +499,23 @@ def _cell(value: Any) -> str:
     return _json(value)
 
 
-def _export_calls(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: _Progress) -> int:
+# OWASP's CSV injection advice: a cell a spreadsheet would read as a formula gets a leading "'".
+# A "+" or "-" that only signs a number is left alone, as Oracle APEX does, so E.164 numbers such
+# as +13233326955 and negative amounts stay as they are.
+_FORMULA_STARTS = ("=", "@", "+", "-", "\t", "\r")
+_SIGNED_NUMBER = re.compile(r"[+-](?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def defuse_formula(cell: str) -> str:
+    """``cell`` with a leading ``'`` when a spreadsheet would run it as a formula."""
+    if cell.startswith(_FORMULA_STARTS) and not _SIGNED_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+def _export_calls(
+    conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: _Progress, raw: bool
+) -> int:
     from tracker.state import CallView
     from tracker.store import iter_views
 
@@ -511,7 +528,7 @@ def _export_calls(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: 
         return n
     columns = [f.encode_name for f in msgspec.structs.fields(CallView)]
     decode = msgspec.json.Decoder(dict[str, Any]).decode
-    with _csv_writer(out) as writer:
+    with _csv_writer(out, raw) as writer:
         writer.writerow(columns)
         for n, v in enumerate(iter_views(conn), 1):
             view = decode(v)
@@ -521,7 +538,9 @@ def _export_calls(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: 
     return n
 
 
-def _export_events(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: _Progress) -> int:
+def _export_events(
+    conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress: _Progress, raw: bool
+) -> int:
     from tracker.store import EventRow, iter_events, one_line
 
     n = 0
@@ -533,7 +552,7 @@ def _export_events(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress:
                 progress(n)
         return n
     columns = [f.encode_name for f in msgspec.structs.fields(EventRow)]
-    with _csv_writer(out) as writer:
+    with _csv_writer(out, raw) as writer:
         writer.writerow(columns)
         for n, r in enumerate(map(one_line, iter_events(conn)), 1):
             writer.writerow(
@@ -551,11 +570,22 @@ def _export_events(conn: sqlite3.Connection, out: IO[bytes], fmt: str, progress:
     return n
 
 
+class _DefusedWriter:
+    """A csv writer whose cells go through :func:`defuse_formula` first."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def writerow(self, row: list[str]) -> None:
+        self._writer.writerow([defuse_formula(cell) for cell in row])
+
+
 @contextlib.contextmanager
-def _csv_writer(out: IO[bytes]) -> Iterator[Any]:
+def _csv_writer(out: IO[bytes], raw: bool) -> Iterator[Any]:
     text = io.TextIOWrapper(out, encoding="utf-8", errors="replace", newline="")
     try:
-        yield csv.writer(text, quoting=csv.QUOTE_MINIMAL)
+        writer = csv.writer(text, quoting=csv.QUOTE_MINIMAL)
+        yield writer if raw else _DefusedWriter(writer)
         text.flush()
     finally:
         text.detach()  # leave ``out`` open: it is stdout, or the caller closes it
@@ -567,7 +597,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     run = _export_calls if args.what == "calls" else _export_events
     try:
         with _snapshot(settings) as conn, _output(args.output) as out:
-            n = run(conn, out, args.format, progress)
+            n = run(conn, out, args.format, progress, args.raw)
     finally:
         progress.done()
     if args.output not in (None, "-"):
@@ -679,8 +709,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 CSV_NOTE = (
     "CSV columns are the JSON field names, in order. null is an empty cell; a call's anomalies "
-    "are joined with ';'; an event's payload is its JSON text. Values are exact (no formula "
-    "escaping): quotes, commas and newlines are quoted as RFC 4180 says."
+    "are joined with ';'; an event's payload is its JSON text; quotes, commas and newlines are "
+    "quoted as RFC 4180 says. A cell starting with =, @, +, -, tab or CR gets a leading ' so "
+    "that a spreadsheet does not run it as a formula (OWASP), except a signed number such as "
+    "+13233326955 or -3.5; --raw writes every value exactly."
 )
 
 
@@ -754,6 +786,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["calls", "events"], help="what to export")
     p.add_argument("--format", choices=["ndjson", "csv"], default="ndjson", help="default ndjson")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default stdout)")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="CSV: write every value exactly, without the leading ' on formula-like cells",
+    )
 
     p = command(
         "show",
