@@ -373,6 +373,24 @@ def test_show_with_events_adds_the_calls_timeline(shared: Path) -> None:
     assert doc["events"][1]["payload"] == CALL_2[1]
 
 
+def test_show_with_events_writes_a_timeline_longer_than_a_page_in_order(tmp_path: Path) -> None:
+    events = [
+        {"eventType": "dtmf", "callId": "c-long", "time": "2024-05-01T10:00:00Z", "d": str(i)}
+        for i in range(1100)  # all tied in time: seq decides, across the 1000-event pages
+    ]
+    events += [{"eventType": "recording", "callId": "c-long", "n": str(i)} for i in range(3)]
+    events.insert(0, {"eventType": "hangup", "callId": "c-long", "time": "2024-05-01T10:00:01Z"})
+    db = load(tmp_path, events)
+    proc = run(tmp_path, "show", "c-long", "--events", "--db", db.name)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["call"]["eventCount"] == 1104
+    payloads = [e["payload"] for e in doc["events"]]
+    assert payloads == events[1:1101] + [events[0]] + events[1101:]
+    assert [e["seq"] for e in doc["events"][:1100]] == list(range(2, 1102))
+    assert proc.stdout.startswith('{\n  "call": {\n    "callId": "c-long",')
+
+
 def test_show_of_an_unknown_call_exits_1_with_a_message(shared: Path) -> None:
     proc = run(shared.parent, "show", "c-404", "--db", shared.name)
     assert (proc.returncode, proc.stdout) == (1, "")

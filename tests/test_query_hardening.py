@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -62,3 +63,120 @@ def test_readyz_shows_no_counts_without_the_token_when_one_is_set(tmp_path: Path
             assert c.get("/healthz", headers=headers).json() == {"status": "ok"}
         r = c.get("/readyz", headers={"authorization": "Bearer s3cr3t"})
         assert r.json() == {"status": "ready", "lastSeq": 1}
+
+
+# --------------------------------------------------------------------------------------------
+# GET /calls/{callId}/events is paged
+
+
+def _timeline_events(cid: str) -> list[dict[str, str]]:
+    """Events of one call with ties in event time, untimed events, and arrival order unlike
+    the timeline's order."""
+    out = []
+    for i in range(7):  # seven events at the same instant (a tie broken by seq)
+        out.append(v1("dtmf", cid, "2024-05-01T10:00:05Z", dtmfDigit=str(i)))
+    for i in range(4):  # untimed: last, by seq
+        out.append(v1("recording", cid, None, recordingUri=f"r-{i}"))
+    out.append(v1("incomingcall", cid, "2024-05-01T10:00:00Z"))  # earliest, posted late
+    for i in range(3):
+        out.append(v1("speak", cid, f"2024-05-01T10:00:0{i + 6}Z", n=str(i)))
+    out.append(v1("hangup", cid, "2024-05-01T09:59:59.999Z", cause="NORMAL_CLEARING"))
+    return out
+
+
+def _pages(c: TestClient, cid: str, limit: int) -> list[dict[str, Any]]:
+    pages, after = [], None
+    while True:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        r = c.get(f"/calls/{cid}/events", params=params)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        pages.append(page)
+        after = page["next"]
+        if after is None:
+            return pages
+        assert len(pages) < 100
+
+
+def test_a_calls_timeline_pages_in_its_order_across_ties_and_untimed_events(
+    client: TestClient,
+) -> None:
+    cid = "c-paged"
+    for ev in _timeline_events(cid):
+        post(client, ev)
+    whole = client.get(f"/calls/{cid}/events", params={"limit": 1000}).json()
+    assert whole["next"] is None and whole["callId"] == cid
+    events = whole["events"]
+    assert len(events) == 16
+    # the order, computed here: event time (untimed last), then seq
+    want = sorted(events, key=lambda e: (e["time"] is None, e["time"] or "", e["seq"]))
+    assert [e["seq"] for e in events] == [e["seq"] for e in want]
+    assert events[0]["eventType"] == "hangup" and events[-1]["eventType"] == "recording"
+    for limit in (1, 2, 3, 5, 7, 8, 15, 16):
+        pages = _pages(client, cid, limit)
+        assert all(len(p["events"]) == limit for p in pages[:-1])
+        assert 1 <= len(pages[-1]["events"]) <= limit
+        assert [e for p in pages for e in p["events"]] == events, limit
+    default = client.get(f"/calls/{cid}/events").json()
+    assert default["events"] == events and default["next"] is None  # 100 by default
+
+
+def test_a_timeline_page_stops_before_4_mib_of_payloads(tmp_path: Path) -> None:
+    cid = "c-big"
+    blob = "x" * 900_000
+    with serving(tmp_path / "t.db") as c:
+        for i in range(12):
+            post(c, v1("speak", cid, f"2024-05-01T10:00:{i:02d}Z", text=blob, n=str(i)))
+        pages = _pages(c, cid, 100)
+        sizes = [len(p["events"]) for p in pages]
+        assert sizes == [4, 4, 4]  # 4 x ~0.9 MB fit in 4 MiB, a fifth does not
+        seen = [e["payload"]["n"] for p in pages for e in p["events"]]
+        assert seen == [str(i) for i in range(12)]
+
+
+def test_a_single_event_larger_than_a_page_still_comes_alone(tmp_path: Path) -> None:
+    from tracker import store as st
+
+    db = tmp_path / "t.db"
+    with serving(db) as c:
+        for i in range(3):
+            post(c, v1("speak", "c-1", f"2024-05-01T10:00:0{i}Z", text="y" * 1000, n=str(i)))
+    conn = st.connect(db)
+    try:
+        found = st.call_events(conn, "c-1", limit=100, max_bytes=10)
+        assert found is not None
+        rows, nxt = found
+        assert len(rows) == 1 and nxt is not None
+        found = st.call_events(conn, "c-1", after=nxt, limit=100, max_bytes=10)
+        assert found is not None and len(found[0]) == 1
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"after": "17"}, "after"),
+        ({"after": "x.1"}, "after"),
+        ({"after": "1.-1"}, "after"),
+        ({"after": "1.99999999999999999999"}, "after"),
+        ({"after": " 1.2"}, "after"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"cursor": "1"}, "cursor"),
+    ],
+)
+def test_bad_timeline_paging_parameters_get_400_naming_them(
+    client: TestClient, params: dict[str, str], name: str
+) -> None:
+    post(client, v1("incomingcall", "c-1", "2024-05-01T10:00:00Z"))
+    r = client.get("/calls/c-1/events", params=params)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "bad_parameter" and name in r.json()["detail"]
+
+
+def test_the_timeline_of_an_unknown_call_is_404_even_with_a_cursor(client: TestClient) -> None:
+    r = client.get("/calls/c-none/events", params={"after": "u.5"})
+    assert r.status_code == 404

@@ -7,7 +7,8 @@
     with Tracker.open("data/tracker.db") as t:
         t.ingest({"eventType": "initiate", "callId": "c-1", ...})   # -> [Appended(seq, duplicate)]
         t.call("c-1")           # the call's state, as GET /calls/{callId} shows it, or None
-        t.events("c-1")         # its timeline, as GET /calls/{callId}/events shows it, or None
+        t.events("c-1")         # a page of its timeline, as GET /calls/{callId}/events, or None
+        t.iter_events("c-1")    # every event of its timeline, a page at a time
         t.replay(check=True)    # drift between the projection and the log ([] when none)
 
 ``ingest`` goes through the server's code paths (:func:`tracker.app.parse_entries`,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,7 +33,16 @@ import msgspec
 
 from tracker.config import Settings
 from tracker.errors import StorageUnavailable, TooLarge, TrackerError
-from tracker.store import Appended, Reject, Store, call_events, get_view, now_ms
+from tracker.store import (
+    Appended,
+    Reject,
+    Store,
+    call_events,
+    format_place,
+    get_view,
+    now_ms,
+    parse_place,
+)
 
 __all__ = ["Appended", "Tracker"]
 
@@ -136,14 +147,41 @@ class Tracker:
         view: dict[str, Any] = msgspec.json.decode(found)
         return view
 
-    def events(self, call_id: str) -> list[dict[str, Any]] | None:
-        """The call's timeline (``GET /calls/{callId}/events``'s ``events``), or ``None``."""
+    def events(
+        self, call_id: str, *, after: str | None = None, limit: int = 100
+    ) -> dict[str, Any] | None:
+        """A page of the call's timeline, as ``GET /calls/{callId}/events?after=&limit=`` gives
+        it (``{"callId", "events", "next"}``; pass ``next`` as ``after`` for the next page,
+        ``None`` on the last), or ``None`` for an unknown call. ``ValueError`` for a bad
+        ``after`` or a ``limit`` outside 1-1000."""
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
+        place = None if after is None else parse_place(after)
         with self._lock:
-            rows = call_events(self._open_store().conn, call_id)
-        if rows is None:
+            found = call_events(self._open_store().conn, call_id, after=place, limit=limit)
+        if found is None:
             return None
-        out: list[dict[str, Any]] = msgspec.json.decode(_encode(rows))
+        rows, nxt = found
+        page = {
+            "callId": call_id,
+            "events": rows,
+            "next": None if nxt is None else format_place(nxt),
+        }
+        out: dict[str, Any] = msgspec.json.decode(_encode(page))
         return out
+
+    def iter_events(self, call_id: str) -> Iterator[dict[str, Any]]:
+        """Every event of the call's timeline in its order (none for an unknown call), read a
+        page at a time, so a long timeline is never held whole."""
+        after: str | None = None
+        while True:
+            page = self.events(call_id, after=after, limit=1000)
+            if page is None:
+                return
+            yield from page["events"]
+            after = page["next"]
+            if after is None:
+                return
 
     def replay(self, check: bool = False) -> list[tuple[str, dict[str, tuple[Any, Any]]]]:
         """Rebuild the projection from the log (``tracker replay``); with ``check``, only compare

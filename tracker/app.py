@@ -316,6 +316,38 @@ def _query(request: Request) -> dict[str, str]:
 
 
 MAX_SEQ = (1 << 63) - 1
+
+
+def _timeline_params(scope: Scope) -> tuple[st.TimelinePlace | None, int]:
+    fields = _fields(scope["query_string"])
+    if fields is None:
+        raise BadParameter("the query string is not valid UTF-8 percent-encoding")
+    _only(fields, {"after", "limit"})
+    limit = _int_param(fields, "limit", 100, 1, 1000)
+    raw = fields.get("after")
+    if raw is None:
+        return None, limit
+    try:
+        return st.parse_place(raw), limit
+    except ValueError:
+        raise BadParameter(
+            f"after must be the next of a previous page (such as 1352908501000.17), got {raw!r}"
+        ) from None
+
+
+def _timeline_page(
+    conn: sqlite3.Connection, call_id: str, after: st.TimelinePlace | None, limit: int
+) -> bytes | None:
+    """A page of the timeline as JSON, encoded here in the read thread, not on the event loop."""
+    found = st.call_events(conn, call_id, after=after, limit=limit)
+    if found is None:
+        return None
+    rows, nxt = found
+    return _json.encode(
+        {"callId": call_id, "events": rows, "next": None if nxt is None else st.format_place(nxt)}
+    )
+
+
 READ_THREADS = 2
 
 
@@ -743,10 +775,11 @@ class TrackerApp:
             if self.reader is None:
                 raise StorageUnavailable("the service is not started (lifespan not run)")
             if timeline:
-                rows = await self._read(lambda c: st.call_events(c, call_id))
-                if rows is None:
+                after, limit = _timeline_params(scope)
+                found = await self._read(lambda c: _timeline_page(c, call_id, after, limit))
+                if found is None:
                     raise NotFound(f"no call with id {call_id!r}")
-                body = _json.encode({"callId": call_id, "events": rows})
+                body = found
             else:
                 found = st.get_view(self.reader, call_id)
                 if found is None:

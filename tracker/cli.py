@@ -609,20 +609,33 @@ def cmd_export(args: argparse.Namespace) -> int:
 # show
 
 
+def _indented(doc: bytes, by: bytes) -> bytes:
+    """``doc`` as indented JSON, every line after the first shifted right by ``by``."""
+    return msgspec.json.format(doc, indent=2).replace(b"\n", b"\n" + by)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    from tracker.store import call_events, get_view
+    from tracker.store import get_view, iter_call_events
 
     settings = _settings(args)
+    out = sys.stdout.buffer
     with _snapshot(settings) as conn:
         view = get_view(conn, args.call_id)
         if view is None:
             raise CliError(f"no call {_json(args.call_id)} in {settings.storage.path}")
-        doc = view
-        if args.events:
-            rows = call_events(conn, args.call_id) or []
-            doc = b'{"call":' + view + b',"events":' + msgspec.json.encode(rows) + b"}"
-    sys.stdout.buffer.write(msgspec.json.format(doc, indent=2) + b"\n")
-    sys.stdout.buffer.flush()
+        if not args.events:
+            out.write(msgspec.json.format(view, indent=2) + b"\n")
+        else:
+            # {"call": STATE, "events": [...]}, the timeline written an event at a time from
+            # pages of it: a call with many large events is never held whole
+            encode = msgspec.json.Encoder().encode
+            out.write(b'{\n  "call": ' + _indented(view, b"  ") + b',\n  "events": [')
+            sep = b"\n    "
+            for row in iter_call_events(conn, args.call_id):
+                out.write(sep + _indented(encode(row), b"    "))
+                sep = b",\n    "
+            out.write(b"\n  ]\n}\n" if sep != b"\n    " else b"]\n}\n")
+    out.flush()
     return EXIT_OK
 
 

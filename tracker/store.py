@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import sqlite3
 import struct
 import time
@@ -767,17 +768,91 @@ def get_view(conn: sqlite3.Connection, call_id: str) -> bytes | None:
     return None if row is None else render_row(row[0], row[1])
 
 
-def call_events(conn: sqlite3.Connection, call_id: str) -> list[EventRow] | None:
-    """A call's timeline by event time (untimed last), then seq; ``None`` for an unknown call."""
+# A place in a call's timeline: (event time in ms, or None for the untimed events, seq). The
+# timeline's order is by event time, untimed last, then seq; a page continues after a place.
+TimelinePlace = tuple[int | None, int]
+TIMELINE_PAGE_BYTES: Final = 4 << 20  # a page stops before this many payload bytes (1 event min)
+_PLACE = re.compile(r"(-?[0-9]{1,19}|u)\.([0-9]{1,19})")
+_INT64 = (1 << 63) - 1
+
+
+def format_place(place: TimelinePlace) -> str:
+    """The cursor text of a place: ``<event time ms>.<seq>``, or ``u.<seq>`` when untimed."""
+    at, seq = place
+    return f"{'u' if at is None else at}.{seq}"
+
+
+def parse_place(text: str) -> TimelinePlace:
+    """The place a cursor names; ``ValueError`` for anything :func:`format_place` cannot give."""
+    m = _PLACE.fullmatch(text)
+    if m is None:
+        raise ValueError(text)
+    at = None if m[1] == "u" else int(m[1])
+    seq = int(m[2])
+    if (at is not None and not -_INT64 - 1 <= at <= _INT64) or not 0 <= seq <= _INT64:
+        raise ValueError(text)
+    return at, seq
+
+
+def call_events(
+    conn: sqlite3.Connection,
+    call_id: str,
+    *,
+    after: TimelinePlace | None = None,
+    limit: int = 100,
+    max_bytes: int = TIMELINE_PAGE_BYTES,
+) -> tuple[list[EventRow], TimelinePlace | None] | None:
+    """One page of a call's timeline (by event time, untimed last, then seq) after ``after``:
+    at most ``limit`` events, and fewer when their bodies pass ``max_bytes`` (never none).
+    Returns the page and the place to continue after (``None``: the end), or ``None`` for an
+    unknown call. The sort reads only the keys; bodies are fetched for the page alone."""
     row = conn.execute("SELECT call_key FROM calls WHERE call_id = ?", (call_id,)).fetchone()
     if row is None:
         return None
-    rows = conn.execute(
-        f"SELECT {_EVENT_COLUMNS} FROM events WHERE call_key = ?"
-        " ORDER BY event_time IS NULL, event_time, seq",
-        (row[0],),
+    where, args = "call_key = ?", [row[0]]
+    if after is not None:
+        at, seq = after
+        if at is None:
+            where += " AND event_time IS NULL AND seq > ?"
+            args.append(seq)
+        else:
+            where += " AND (event_time IS NULL OR event_time > ? OR (event_time = ? AND seq > ?))"
+            args += [at, at, seq]
+    keys = conn.execute(
+        f"SELECT event_time, seq, length(body) FROM events WHERE {where}"
+        " ORDER BY event_time IS NULL, event_time, seq LIMIT ?",
+        (*args, limit + 1),
     ).fetchall()
-    return [_event_row(r) for r in rows]
+    take, size = 0, 0
+    for _at, _seq, n in keys[:limit]:
+        if take and size + n > max_bytes:
+            break
+        take, size = take + 1, size + n
+    page = keys[:take]
+    nxt = (page[-1][0], page[-1][1]) if take < len(keys) else None
+    seqs = [k[1] for k in page]
+    rows = {
+        r[0]: r
+        for r in conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({','.join('?' * len(seqs))})",
+            seqs,
+        )
+    }
+    return [_event_row(rows[s]) for s in seqs], nxt
+
+
+def iter_call_events(conn: sqlite3.Connection, call_id: str) -> Iterator[EventRow]:
+    """Every event of a call's timeline, in its order, a page at a time (bounded memory; run it
+    inside one read transaction for a consistent timeline)."""
+    after: TimelinePlace | None = None
+    while True:
+        found = call_events(conn, call_id, after=after, limit=1000)
+        if found is None:
+            return
+        rows, after = found
+        yield from rows
+        if after is None:
+            return
 
 
 def events_after(conn: sqlite3.Connection, after: int, limit: int) -> list[EventRow]:
