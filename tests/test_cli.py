@@ -386,7 +386,7 @@ def test_show_with_events_writes_a_timeline_longer_than_a_page_in_order(tmp_path
     doc = json.loads(proc.stdout)
     assert doc["call"]["eventCount"] == 1104
     payloads = [e["payload"] for e in doc["events"]]
-    assert payloads == events[1:1101] + [events[0]] + events[1101:]
+    assert payloads == [*events[1:1101], events[0], *events[1101:]]
     assert [e["seq"] for e in doc["events"][:1100]] == list(range(2, 1102))
     assert proc.stdout.startswith('{\n  "call": {\n    "callId": "c-long",')
 

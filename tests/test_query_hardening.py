@@ -180,3 +180,68 @@ def test_bad_timeline_paging_parameters_get_400_naming_them(
 def test_the_timeline_of_an_unknown_call_is_404_even_with_a_cursor(client: TestClient) -> None:
     r = client.get("/calls/c-none/events", params={"after": "u.5"})
     assert r.status_code == 404
+
+
+# --------------------------------------------------------------------------------------------
+# Bandwidth's v1 GET example: numbers with an unencoded "+"
+
+# The query string of a v1 GET-mode callback in the shape of Bandwidth's example page, with the
+# numbers as that page shows them: "+" not percent-encoded, so form decoding reads a space.
+GET_EXAMPLE = (
+    "callState=active&to=+19192223333&withholdCallerNumber=false&time=2016-02-20T16%3A22%3A29Z"
+    "&applicationId=a-ktp3mmi4n35wdqmrwqosqpa&from=+19105553333&eventType=incomingcall"
+    "&withholdCallerName=false&callId=c-get-example"
+    "&callUri=https%3A%2F%2Fapi.catapult.inetwork.com%2Fv1%2Fusers%2Fu-1%2Fcalls%2Fc-get-example"
+)
+
+
+def test_an_unencoded_plus_in_a_get_callbacks_from_and_to_reads_as_e164(tmp_path: Path) -> None:
+    import sqlite3
+    from urllib.parse import parse_qsl
+
+    db = tmp_path / "t.db"
+    with serving(db) as c:
+        first = c.get("/callbacks?" + GET_EXAMPLE)
+        assert first.status_code == 200, first.text
+        seq = first.json()["seq"]
+        view = c.get("/calls/c-get-example").json()
+        assert (view["from"], view["to"]) == ("+19105553333", "+19192223333")
+        for query in ("from=+19105553333", "from=%2B19105553333", "to=+19192223333"):
+            found = c.get("/calls?" + query).json()["calls"]
+            assert [v["callId"] for v in found] == ["c-get-example"], query
+        assert c.get("/calls?from=19105553333").json()["calls"] == []
+        # the same event as a JSON POST (every value a string, numbers with their "+"): a duplicate
+        fields = dict(parse_qsl(GET_EXAMPLE.replace("+", "%2B")))
+        again = c.post("/callbacks", json=fields)
+        assert again.json() == {"seq": seq, "duplicate": True}
+        # and as a form POST with the same unencoded "+"
+        form = c.post(
+            "/callbacks",
+            content=GET_EXAMPLE.encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert form.json() == {"seq": seq, "duplicate": True}
+        payload = c.get("/calls/c-get-example/events").json()["events"][0]["payload"]
+        assert (payload["from"], payload["to"]) == ("+19105553333", "+19192223333")
+    with sqlite3.connect(db) as conn:
+        [(body, fmt)] = conn.execute("SELECT body, fmt FROM events").fetchall()
+    assert (bytes(body).decode(), fmt) == (GET_EXAMPLE, "query")  # the log keeps what came
+
+
+@pytest.mark.parametrize("value", ["+1 919", " 1 919", "  1919", " +1919", " ", " 1919a", "1919"])
+def test_a_from_that_is_not_a_space_then_digits_is_kept_as_decoded(
+    client: TestClient, value: str
+) -> None:
+    from urllib.parse import quote
+
+    r = client.get(
+        "/callbacks?eventType=incomingcall&callId=c-x&time=2016-02-20T16%3A22%3A29Z&from="
+        + quote(value, safe="")
+        + "&tag=+1919"  # only from and to are numbers: another field keeps what was decoded
+    )
+    assert r.status_code == 200, r.text
+    assert client.get("/calls/c-x").json()["from"] == value
+    assert client.get("/calls/c-x").json()["tag"] == " 1919"
+    # JSON is exact: a space-led number posted as JSON stays as it is
+    post(client, v1("answer", "c-j", "2016-02-20T16:22:30Z", **{"from": " 19105553333"}))
+    assert client.get("/calls/c-j").json()["from"] == " 19105553333"

@@ -46,7 +46,7 @@ from tracker.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from tracker.events import InvalidEvent, decode_object, parse_json, parse_time
+from tracker.events import InvalidEvent, decode_object, parse_json, parse_time, restore_plus
 from tracker.metrics import Metrics
 from tracker.openapi import document
 from tracker.state import OUTCOMES
@@ -228,7 +228,7 @@ def _parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[st.Entr
             what = "query string" if kind == "query" else "form body"
             raise InvalidJson(f"the {what} is not valid UTF-8 percent-encoding")
         try:
-            decoded = decode_object(fields, lenient=True)
+            decoded = decode_object(restore_plus(fields), lenient=True)
         except InvalidEvent as err:
             raise EventRejected(str(err)) from None
         return [st.make_entry(decoded, body, kind, now)], False
@@ -793,7 +793,8 @@ class TrackerApp:
     async def list_calls(self, request: Request) -> Response:
         params = _query(request)
         _only(params, {*st.FILTER_COLUMNS, "since", "until", "limit", "cursor"})
-        filters = {k: v for k, v in params.items() if k in st.FILTER_COLUMNS}
+        # ?from=+1323... unencoded reads as " 1323...": the number it was, as on ingest
+        filters = {k: v for k, v in restore_plus(params).items() if k in st.FILTER_COLUMNS}
         if "status" in filters and filters["status"] not in STATUSES:
             raise BadParameter(f"status must be one of {', '.join(sorted(STATUSES))}")
         if "outcome" in filters and filters["outcome"] not in OUTCOMES:

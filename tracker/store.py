@@ -32,7 +32,7 @@ import msgspec
 from sqlite_utils import Database
 
 from tracker.errors import StorageUnavailable
-from tracker.events import Decoded, format_time
+from tracker.events import Decoded, format_time, restore_plus
 from tracker.state import (
     CallState,
     CallView,
@@ -746,7 +746,7 @@ def one_line(row: EventRow) -> EventRow:
 
 def form_fields(body: bytes) -> dict[str, str]:
     """A form-encoded or query-string body as string fields (the last of repeated keys wins)."""
-    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    return restore_plus(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
 
 
 _EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body"
