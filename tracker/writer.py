@@ -73,6 +73,9 @@ class Writer:
         self._wal_path = f"{store.path}-wal"
         self._truncate_at = wal_checkpoint_bytes  # the -wal size that calls for a checkpoint
         self._ckpt_lock = threading.Lock()  # one checkpoint at a time (thread or writer)
+        # WAL bytes the checkpoint thread could not copy at its last pass (a reader still needs
+        # them): while that is large, a truncation by the writer would be a long copy, or busy
+        self._lag_bytes = 0
         self.truncations = 0  # checkpoints of the writer that emptied the WAL
         self._asked = threading.Event()  # a _CHECKPOINT is on the queue
         self.on_commit = on_commit
@@ -109,16 +112,24 @@ class Writer:
 
     def _checkpoint_loop(self) -> None:
         conn = connect(self.store.path, busy_ms=self.store.busy_ms)
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
         seen = 0
         try:
             while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
-                if self.commits != seen:
-                    seen = self.commits
+                idle = self.commits == seen
+                seen = self.commits
+                if not idle or self._lag_bytes:
                     with self._ckpt_lock, contextlib.suppress(sqlite3.Error):  # busy: next time
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                elif not self._asked.is_set() and self._wal_size() > self.wal_checkpoint_bytes:
-                    # no commits now, and the WAL is still long (a long reader held it): the
-                    # writer truncates it in its turn
+                        _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        self._lag_bytes = max(0, log - done) * page
+                if (
+                    idle
+                    and not self._lag_bytes
+                    and not self._asked.is_set()
+                    and self._wal_size() > self.wal_checkpoint_bytes
+                ):
+                    # no commits now, everything copied, and the WAL is still long (a long
+                    # reader held it): the writer truncates it in its turn
                     self._asked.set()
                     self._queue.put(_CHECKPOINT)
         finally:
@@ -132,16 +143,21 @@ class Writer:
 
     def _maybe_truncate(self, *, force: bool = False) -> None:
         """In the writer's turn: when the WAL has grown past the mark, checkpoint it completely
-        and truncate it (no writer can append meanwhile: this is the writer). Readers still on
-        WAL pages are not waited for (busy timeout 0): what they hold stays, and the mark moves
-        up by half a threshold so that a long reader does not make every commit try again."""
+        and truncate it (no writer can append meanwhile: this is the writer). The checkpoint
+        thread has copied all but the last moments of it, so this is a short copy and an fsync;
+        while a reader keeps the thread from copying much of it, the writer does not try.
+        Readers still on WAL pages are not waited for (busy timeout 0): what they hold stays,
+        and the mark moves up by half a threshold so that they do not make every commit try."""
         size = self._wal_size()
         if size <= self.wal_checkpoint_bytes:  # restarted and cut back by journal_size_limit
             self._truncate_at = self.wal_checkpoint_bytes
         if size <= self._truncate_at and not force:
             return
+        if self._lag_bytes > self.wal_checkpoint_bytes // 2:
+            return  # a reader holds much of it: the checkpoint thread copies it first
         conn = self.store.conn
         busy = 1
+        # when the checkpoint thread is copying, wait for it: it leaves less to copy here
         with self._ckpt_lock, contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA busy_timeout = 0")
             try:
