@@ -634,8 +634,10 @@ def test_call_events_are_ordered_by_event_time_untimed_last_then_seq(store):
             entry(v1("answer", "c-2", 5)),  # another call
         ]
     )
-    rows = call_events(store.conn, "c-1")
-    assert rows is not None
+    found = call_events(store.conn, "c-1")
+    assert found is not None
+    rows, nxt = found
+    assert nxt is None
     assert [(r.seq, r.eventType) for r in rows] == [
         (3, "incomingcall"),
         (4, "speak"),
