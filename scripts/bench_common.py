@@ -404,7 +404,7 @@ def format_key() -> str:
     import sqlite3
 
     from tracker.state import CallState, Fact
-    from tracker.store import SCHEMA_VERSION, migrate
+    from tracker.storage.sqlite.schema import SCHEMA_VERSION, migrate
 
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:

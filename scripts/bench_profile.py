@@ -107,9 +107,12 @@ def micro(
     import uvloop
 
     sys.path.insert(0, str(bc.ROOT))
+    from tracker import ingest as tingest
+    from tracker import render as trender
     from tracker import state as tstate
-    from tracker import store as tstore
     from tracker.events import content_key, decode_object, parse_json
+    from tracker.storage.sqlite import SqliteStorage
+    from tracker.storage.sqlite import writes as tstore
 
     bodies = bc.bodies_file(250_000).read_bytes().splitlines()[:events]
     n = len(bodies)
@@ -145,7 +148,7 @@ def micro(
     timed("fact_of(decoded)  (times parsed, reduced)", lambda: [tstate.fact_of(d) for d in decs])
     entries = timed(
         "make_entry(decoded, body)  (fact_of + msgpack + Entry)",
-        lambda: [tstore.make_entry(d, b, "json", 0) for d, b in zip(decs, bodies, strict=True)],
+        lambda: [tingest.make_entry(d, b, "json", 0) for d, b in zip(decs, bodies, strict=True)],
     )
 
     async def timeouts() -> None:
@@ -163,7 +166,7 @@ def micro(
         db = work / f"{label.split()[0]}.db"
         if src is not None:
             bc.copy_db(src, db)
-        store = tstore.Store(db)
+        store = SqliteStorage(db)
         for column in drop:  # what-if: the projection without these (column, last_seq) indexes
             for (index,) in store.conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'calls' "
@@ -175,13 +178,13 @@ def micro(
             store.conn.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
         wal = Path(f"{db}-wal")
         tc = TimedConn(store.conn)
-        store.conn = tc  # type: ignore[assignment]
+        store.conn = store._appender.conn = tc  # type: ignore[assignment]
         t0 = time.perf_counter()
         for i in range(0, n, group):
             store.write_batch([entries[i : i + group]])
         total = time.perf_counter() - t0
         wal_bytes = wal.stat().st_size if wal.exists() else 0
-        store.conn = tc._conn
+        store.conn = store._appender.conn = tc._conn
         store.close()
         bc.remove_db(db)
         sql = sum(tc.times.values())
@@ -207,11 +210,11 @@ def micro(
 
     timed("evolve(state, fact, seq)", fold)
     vals = list(states.values())
-    timed("view(state)", lambda: [tstate.view(s) for s in vals], len(vals))
-    row_of = getattr(tstore, "_row_of", None)
+    timed("view(state)", lambda: [trender.view(s) for s in vals], len(vals))
+    row_of = getattr(tstore, "row_of", None)
     if row_of is not None:
         timed(
-            "_row_of(state)  (view + msgpack state + JSON view)",
+            "row_of(state)  (view + msgpack state + JSON view)",
             lambda: [row_of(s, None) for s in vals],
             len(vals),
         )

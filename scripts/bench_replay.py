@@ -67,13 +67,13 @@ def baseline_worker(db: str) -> None:
 
 def direct_worker(db: str) -> None:
     sys.path.insert(0, str(bc.ROOT))
-    from tracker.store import Store
+    from tracker.storage.sqlite import SqliteStorage as Store
 
     store = Store(db)
     t0 = time.perf_counter()
     try:
         store.replay()
-        n = store.conn.execute("SELECT count(*) FROM calls").fetchone()[0]
+        n, _events = store.counts()
     finally:
         store.close()
     print(f"replay: rebuilt {n} calls in {time.perf_counter() - t0:.2f}s")

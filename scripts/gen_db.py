@@ -2,7 +2,7 @@
 
 Events come from the benchmark generator (v1 and v2 call flows, interleaved in time); each is
 decoded with ``tracker.events.decode_object``, turned into an entry with
-``tracker.store.make_entry`` and appended with ``Store.write_batch`` in large groups (one
+``tracker.ingest.make_entry`` and appended with ``SqliteStorage.write_batch`` in large groups (one
 transaction per ``--group`` events), so the log, the dedupe index and the projection are exactly
 what ``POST /callbacks`` would have written. Only the build connection runs without a journal,
 with ``synchronous = OFF`` and a 1 GiB page cache (a crash while building leaves no cached file:
@@ -30,7 +30,8 @@ import bench_common as bc
 sys.path.insert(0, str(bc.ROOT))
 
 from tracker.events import decode_object, parse_json
-from tracker.store import Store, make_entry
+from tracker.ingest import make_entry
+from tracker.storage.sqlite import SqliteStorage as Store
 
 
 def build(

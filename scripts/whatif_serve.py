@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import tracker.app
 import tracker.cli
-import tracker.store
+import tracker.http.callbacks
+import tracker.http.queries
+import tracker.records
+import tracker.storage.sqlite.database
 import tracker.writer
 
 
@@ -34,11 +36,13 @@ def main() -> int:
         sys.exit(f"unknown what-if {what!r}: nostore, httponly or constview")
     if what == "constview":  # GET /calls/{id}: no lookup, no render; the body of a real call
         view = Path(os.environ["WHATIF_VIEW_FILE"]).read_bytes()
-        tracker.store.get_view = lambda conn, call_id: view  # type: ignore[assignment]
+        storage = tracker.storage.sqlite.database.SqliteStorage
+        storage.call = lambda self, call_id: True  # type: ignore[assignment,method-assign,return-value]
+        tracker.http.queries.call_json = lambda record: view  # type: ignore[assignment]
         return tracker.cli.main(args)
 
     async def submit(self: Any, entries: Sequence[Any], rejects: Sequence[Any] = ()) -> Any:
-        return [tracker.store.Appended(0, False)] * len(entries)
+        return [tracker.records.Appended(0, False)] * len(entries)
 
     tracker.writer.Writer.submit = submit  # type: ignore[method-assign]
     if what == "httponly":
@@ -46,7 +50,7 @@ def main() -> int:
         def parse_entries(body: bytes, kind: str, max_batch: int) -> Any:
             return [None], False
 
-        tracker.app.parse_entries = parse_entries  # type: ignore[assignment]
+        tracker.http.callbacks.parse_entries = parse_entries  # type: ignore[assignment]
     return tracker.cli.main(args)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker.store import Store
+from tracker.storage.sqlite import SqliteStorage as Store
 
 # --------------------------------------------------------------------------------------------
 # Core (events, state, store)

@@ -21,10 +21,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.callbacks import SPEC_EXAMPLE_VIEW, V1_BASE, v1
-from tracker import store as st
 from tracker.app import create_app
 from tracker.config import load_settings
 from tracker.events import decode_object, format_time, parse_time
+from tracker.ingest import make_entry
+from tracker.storage.sqlite import SqliteStorage
+from tracker.storage.sqlite.queries import list_calls
+from tracker.storage.sqlite.schema import FILTER_COLUMNS, connect
 
 V2_BASE = "https://voice.bandwidth.com/api/v2/accounts/9900000/calls"
 DAY0 = parse_time("2012-11-10T00:00:00Z") or 0
@@ -680,19 +683,19 @@ def test_a_query_token_guards_every_query_route_but_health_and_ingest(tmp_path: 
 
 def test_every_calls_filter_query_is_answered_from_an_index(tmp_path: Path) -> None:
     db = tmp_path / "plan.db"
-    store = st.Store(db)
+    store = SqliteStorage(db)
     try:
         rng = random.Random(3)
         for n in range(30):
             entries = [
-                st.make_entry(decode_object(e), msgspec.json.encode(e), "json")
+                make_entry(decode_object(e), msgspec.json.encode(e), "json")
                 for e in call_events(n, rng)
             ]
             store.append(entries)
     finally:
         store.close()
     cases: list[tuple[dict[str, str], dict[str, Any]]] = [({}, {})]
-    cases += [({name: "x"}, {}) for name in st.FILTER_COLUMNS]
+    cases += [({name: "x"}, {}) for name in FILTER_COLUMNS]
     cases += [
         ({}, {"since": DAY0}),
         ({}, {"until": DAY0}),
@@ -702,11 +705,11 @@ def test_every_calls_filter_query_is_answered_from_an_index(tmp_path: Path) -> N
         ({"tag": "t0"}, {"since": DAY0}),
         ({"status": "ended", "cause": "busy"}, {}),
     ]
-    with contextlib.closing(st.connect(db)) as conn:
+    with contextlib.closing(connect(db)) as conn:
         for filters, kw in cases:
             traced: list[str] = []
             conn.set_trace_callback(traced.append)
-            st.list_calls(conn, filters, limit=10, **kw)
+            list_calls(conn, filters, limit=10, **kw)
             conn.set_trace_callback(None)
             selects = [s for s in traced if s.lstrip().upper().startswith("SELECT")]
             assert len(selects) == 1, traced
@@ -715,7 +718,7 @@ def test_every_calls_filter_query_is_answered_from_an_index(tmp_path: Path) -> N
             assert uses_index, (filters, kw, plan)
             assert not any(re.fullmatch(r"SCAN calls", p) for p in plan), (filters, kw, plan)
             if filters:  # searched by one of the filter columns' indexes
-                columns = [st.FILTER_COLUMNS[name] for name in filters]
+                columns = [FILTER_COLUMNS[name] for name in filters]
                 assert any(f"({c}=?" in p for p in plan for c in columns), (filters, plan)
 
 
@@ -737,8 +740,8 @@ def test_reads_through_a_mapped_file_equal_reads_without_one(tmp_path: Path) -> 
                 ]
                 for v in calls
             ]
-            assert app.reader is not None
-            conns = [app.reader, *app._readers]
+            assert app.storage is not None
+            conns = list(app.storage._readers)  # type: ignore[attr-defined]
             assert len(conns) >= 2
             for conn in conns:  # the loop's reader and every pool thread's connection
                 assert conn.execute("PRAGMA mmap_size").fetchone()[0] == mmap_mb << 20

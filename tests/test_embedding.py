@@ -18,10 +18,11 @@ from starlette.testclient import TestClient
 
 from tests.server import running
 from tracker.api import Tracker
-from tracker.app import TrackerApp, create_app, raw_route_path, route_path
+from tracker.app import TrackerApp, create_app
 from tracker.config import Ingest, Settings, Storage
 from tracker.errors import EventRejected, InvalidJson, StorageUnavailable, TooLarge
-from tracker.store import Appended
+from tracker.http.asgi import raw_route_path, route_path
+from tracker.records import Appended
 
 ODD_ID = "c-a/b c?d%e#f"  # needs percent-encoding in a URL path
 

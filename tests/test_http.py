@@ -31,7 +31,8 @@ from server import Server, running, write_config
 
 from tests.callbacks import V1_BASE, v1
 from tracker.events import content_key, decode_object
-from tracker.state import fact_of, fold, view
+from tracker.render import view
+from tracker.state import fact_of, fold
 
 V2_BASE = "https://voice.bandwidth.com/api/v2/accounts/9900000/calls"
 APP_ID = "7fc9698a-b04a-468b-9e8f-91238c0d0086"

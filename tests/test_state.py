@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.callbacks import SPEC_EXAMPLE_VIEW
 from tracker.events import InvalidEvent, decode_object, parse_time
+from tracker.render import view
 from tracker.state import (
     END_HARD,
     END_NONE,
@@ -24,7 +25,6 @@ from tracker.state import (
     initial_state,
     merge,
     unit,
-    view,
 )
 
 CALL = "c-1"

@@ -13,23 +13,49 @@ from sqlite_utils import Database
 
 from tracker.errors import StorageUnavailable
 from tracker.events import decode_object, parse_json, parse_time
-from tracker.state import CallState, fact_of, fold, view
-from tracker.store import (
-    SCHEMA_VERSION,
-    Entry,
-    Reject,
-    Store,
-    call_events,
-    connect,
-    create_calls_table,
-    events_after,
-    get_view,
-    list_calls,
-    list_rejects,
-    make_entry,
-    render_row,
-    stats,
-)
+from tracker.ingest import make_entry
+from tracker.records import Entry, Reject
+from tracker.render import EventRow, RejectRow, call_json, event_rows, reject_row, stats_json, view
+from tracker.state import CallState, fact_of, fold
+from tracker.storage.errors import CommitFailed
+from tracker.storage.sqlite import SqliteStorage as Store
+from tracker.storage.sqlite import queries
+from tracker.storage.sqlite.schema import SCHEMA_VERSION, connect, create_calls_table
+
+# The SQLite implementation's reads on a connection, rendered as the API shows them.
+
+
+def get_view(conn: sqlite3.Connection, call_id: str) -> bytes | None:
+    found = queries.get_call(conn, call_id)
+    return None if found is None else call_json(found)
+
+
+def render_row(state: bytes, outcome: str | None) -> bytes:
+    return call_json(queries.record(state, outcome))
+
+
+def call_events(conn: sqlite3.Connection, call_id: str) -> list[EventRow] | None:
+    found = queries.timeline(conn, call_id)
+    return None if found is None else event_rows(found)
+
+
+def events_after(conn: sqlite3.Connection, after: int, limit: int) -> list[EventRow]:
+    return event_rows(queries.events_after(conn, after, limit))
+
+
+def list_calls(conn: sqlite3.Connection, filters: Any, **kw: Any) -> tuple[list[bytes], Any]:
+    found, nxt = queries.list_calls(conn, filters, **kw)
+    return [call_json(c) for c in found], nxt
+
+
+def stats(conn: sqlite3.Connection, **kw: Any) -> dict[str, Any]:
+    return stats_json(queries.stats(conn, **kw))
+
+
+def list_rejects(conn: sqlite3.Connection, after: int, limit: int) -> tuple[list[RejectRow], Any]:
+    found, nxt = queries.list_rejects(conn, after, limit)
+    return [reject_row(r) for r in found], nxt
+
 
 URI = "https://api.catapult.inetwork.com/v1/users/u-1/calls/"
 
@@ -216,7 +242,7 @@ def test_configured_outcomes_reach_the_projection(db_path):
 def test_a_failed_batch_writes_neither_events_nor_projection(store):
     good = entry(v1("answer", "c-1", 3))
     bad = Entry(**{**{f: getattr(good, f) for f in Entry._fields}, "dkey": b"x", "body": None})
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(CommitFailed, match="nothing was stored"):
         store.write_batch([[good, bad]])
     assert store.conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
     assert store.conn.execute("SELECT count(*) FROM calls").fetchone()[0] == 0

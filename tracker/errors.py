@@ -1,4 +1,4 @@
-"""Errors as data: each names its HTTP status and code; ``tracker.app`` renders them in one place.
+"""Errors as data: each names its HTTP status and code; ``tracker.http.asgi`` renders them.
 
 Plain exceptions, no I/O, so the core and the shell can both raise them.
 """

@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from tracker.state import OUTCOMES, CallView
-from tracker.store import EventRow, RejectRow
+from tracker.render import CallView, EventRow, RejectRow
+from tracker.state import OUTCOMES
 
 
 class Error(msgspec.Struct):

@@ -23,7 +23,6 @@ from tracker.events import (
     V1Error,
     V1Event,
     V2Event,
-    format_time,
     parse_time,
 )
 
@@ -452,53 +451,7 @@ def fold_distinct(
 
 
 # --------------------------------------------------------------------------------------------
-# The public view
-
-
-class CallView(msgspec.Struct, frozen=True, kw_only=True):
-    """``GET /calls/{callId}``: field names and order as in the spec."""
-
-    callId: str
-    api: str
-    status: str
-    direction: str | None
-    from_: str | None = msgspec.field(name="from")
-    to: str | None
-    startedAt: str | None
-    answeredAt: str | None
-    endedAt: str | None
-    cause: str | None
-    outcome: str | None
-    errorMessage: str | None
-    ringSeconds: float | None
-    talkSeconds: float | None
-    durationSeconds: float | None
-    tag: str | None
-    parentCallId: str | None
-    eventCount: int
-    firstEventAt: str | None
-    lastEventAt: str | None
-    lastEventType: str | None
-    firstSeq: int | None
-    lastSeq: int | None
-    anomalies: list[str]
-
-
-def _secs(a: int | None, b: int | None) -> float | None:
-    if a is None or b is None:
-        return None
-    try:
-        return (b - a) / 1000.0
-    except OverflowError:  # only for nonsensical times beyond any float; keeps view() total
-        return None
-
-
-def ended_at(s: CallState) -> int | None:
-    if s.hard is not None:
-        return s.hard[2]
-    if s.soft is not None:
-        return s.soft[3]
-    return None
+# The projection's columns of a state
 
 
 def status_of(s: CallState) -> str:
@@ -520,51 +473,3 @@ def direction_of(s: CallState) -> str | None:
     if s.direction is not None:
         return s.direction[2]
     return "inbound" if s.inbound else None
-
-
-def view(s: CallState, outcomes: Mapping[str, str] | None = None) -> CallView:
-    """Render the public state of a call. Total."""
-    return render(s, outcome_for(s, outcomes))
-
-
-def render(s: CallState, outcome: str | None) -> CallView:
-    """The public state with a given outcome (the one stored beside the state, on reads)."""
-    end = ended_at(s)
-    cause = error = None
-    if s.hard is not None:
-        cause, error = s.hard[3], s.hard[4]
-    elif s.soft is not None:
-        error = s.soft[4]
-    anomalies = []
-    if s.conflict:
-        anomalies.append("conflicting_end")
-    if end is not None and s.live_max is not None and s.live_max > end:
-        anomalies.append("event_after_end")
-    if s.time_bad:
-        anomalies.append("unparseable_time")
-    return CallView(
-        callId=s.call_id,
-        api="v2" if s.v2 else "v1",
-        status=status_of(s),
-        direction=direction_of(s),
-        from_=None if s.from_ is None else s.from_[2],
-        to=None if s.to is None else s.to[2],
-        startedAt=format_time(s.started),
-        answeredAt=format_time(s.answered_at),
-        endedAt=format_time(end),
-        cause=cause,
-        outcome=outcome,
-        errorMessage=error,
-        ringSeconds=_secs(s.started, s.answered_at),
-        talkSeconds=_secs(s.answered_at, end),
-        durationSeconds=_secs(s.started, end),
-        tag=None if s.tag is None else s.tag[2],
-        parentCallId=None if s.parent is None else s.parent[2],
-        eventCount=s.count,
-        firstEventAt=None if s.first is None else format_time(s.first[0]),
-        lastEventAt=None if s.last is None else format_time(s.last[0]),
-        lastEventType=None if s.last is None else s.last[2],
-        firstSeq=s.first_seq,
-        lastSeq=s.last_seq,
-        anomalies=anomalies,
-    )

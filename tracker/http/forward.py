@@ -25,21 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Final
+from typing import Final
 
 import httpx
 
-from tracker.app import raw_route_path, send_error
 from tracker.config import Forward
 from tracker.errors import BadGateway, ConfigError, GatewayTimeout, TrackerError
+from tracker.http.asgi import Scope, Send, raw_route_path, send_error
 from tracker.metrics import Metrics
-from tracker.store import Appended
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
+from tracker.records import Appended
 
 #: Headers that describe one hop, not the message (RFC 9110 7.6.1), and the ones httpx recomputes.
 _HOP_BY_HOP: Final = frozenset(

@@ -1,0 +1,101 @@
+"""The records that cross the storage boundary: what the shell hands to storage and what it gets
+back. Plain data (NamedTuples on the hot path), no I/O: any backend speaks in these.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+from tracker.state import CallState, Fact
+
+#: The filters of a page of calls (``GET /calls``), by their API names.
+FILTERS: Final = ("status", "outcome", "cause", "direction", "from", "to", "tag")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Entry(NamedTuple):
+    """One accepted event, ready to append: decoded once, on the caller's side
+    (:func:`tracker.ingest.make_entry`).
+
+    (NamedTuples, not frozen dataclasses: these are built per event on the hot path.)"""
+
+    dkey: bytes  # the dedupe key: 8 bytes of event time, then the 16-byte content digest
+    api: int
+    event_type: str
+    call_id: str | None
+    event_time: int | None
+    fact: Fact
+    fact_blob: bytes  # ``fact`` as msgpack: what replay folds, so it never re-parses JSON
+    fmt: str  # "json", "form" or "query": how the body bytes are to be read
+    body: bytes
+    received_at: int
+
+
+class Appended(NamedTuple):
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A refused body for the quarantine."""
+
+    received_at: int
+    status: int
+    error: str
+    detail: str
+    body: bytes
+    content_type: str
+    path: str
+    size: int | None = None  # the full size when ``body`` is only its head (a 413)
+
+
+class CallRecord(NamedTuple):
+    """A call as the projection holds it: its folded state and its stored outcome."""
+
+    state: CallState
+    outcome: str | None
+
+
+class LoggedEvent(NamedTuple):
+    """One event of the log, as stored."""
+
+    seq: int
+    received_at: int
+    event_type: str
+    call_id: str | None
+    event_time: int | None
+    fmt: str
+    body: bytes
+
+
+class StoredReject(NamedTuple):
+    id: int
+    received_at: int
+    status: int
+    error: str
+    detail: str
+    content_type: str | None
+    path: str | None
+    size: int
+    truncated: bool
+    body: bytes
+
+
+class Counts(NamedTuple):
+    """Calls counted by status, outcome and cause (``None`` values left out)."""
+
+    total: int
+    by_status: dict[str, int]
+    by_outcome: dict[str, int]
+    by_cause: dict[str, int]
+
+
+#: One call whose projection differs from its log: its id and each differing field as
+#: ``(have, want)``; ``[column]`` names a stored filter column, ``*`` the whole call.
+Drift = tuple[str, dict[str, tuple[Any, Any]]]

@@ -1,0 +1,43 @@
+"""Storage: the interface (:mod:`~tracker.storage.interface`), its errors
+(:mod:`~tracker.storage.errors`), its implementations (:mod:`~tracker.storage.sqlite`), and
+:func:`open_storage`, the one place storage is built from settings.
+
+Nothing outside this package imports a database driver (a test reads every module's imports).
+"""
+
+from __future__ import annotations
+
+from tracker.config import Settings
+from tracker.storage.errors import StorageError
+from tracker.storage.interface import Snapshot, Storage
+
+
+def describe(settings: Settings) -> str:
+    """Where the data lives, for messages (a file path today)."""
+    return settings.storage.path
+
+
+def open_storage(
+    settings: Settings, *, must_exist: bool = False, read_only: bool = False
+) -> Storage:
+    """The storage ``settings`` name, opened (and created and migrated, unless ``read_only`` or
+    ``must_exist`` forbid it). ``must_exist``: refuse a database that does not exist yet;
+    ``read_only``: also never write (``export``, ``show``, ``backup``).
+
+    A ``[storage] url`` of ``postgresql://`` will select the PostgreSQL implementation here."""
+    from tracker.storage.sqlite import SqliteStorage
+
+    s = settings.storage
+    return SqliteStorage(
+        s.path,
+        synchronous=s.synchronous,
+        outcomes=settings.outcomes,
+        busy_ms=s.busy_timeout_ms,
+        quarantine_max_bytes=settings.ingest.quarantine_max_bytes,
+        read_mmap_mb=s.read_mmap_mb,
+        must_exist=must_exist,
+        read_only=read_only,
+    )
+
+
+__all__ = ["Snapshot", "Storage", "StorageError", "describe", "open_storage"]

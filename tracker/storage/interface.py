@@ -1,0 +1,153 @@
+"""The storage interface: the domain operations the rest of the code needs, not SQL.
+
+Modelled on the ``eventsourcing`` library's recorders (an application recorder that appends with
+a gap-free position and answers "what came after position n") and datasette's ``Database`` (one
+object owns its connections, its write path and its reads). :mod:`tracker.storage.sqlite` is one
+implementation; :func:`tracker.storage.open_storage` builds one from settings.
+
+Rules for every implementation:
+
+* ``seq`` is 1, 2, 3, ... with no gaps and no repeats, in commit order (SPEC §9).
+* :meth:`Storage.write_batch` is all or nothing: the log, the dedupe and the projection (and the
+  quarantined bodies) in one transaction. A duplicate gets its original ``seq``.
+* Failures are raised as :mod:`tracker.storage.errors` types, never the driver's.
+* The write methods are called from one thread at a time (the group-commit writer, or a
+  command); the query methods from any thread, concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from tracker.records import (
+    Appended,
+    CallRecord,
+    Counts,
+    Drift,
+    Entry,
+    LoggedEvent,
+    Reject,
+    StoredReject,
+)
+
+Progress = Callable[[int, int], None]
+
+
+class Snapshot(Protocol):
+    """One consistent, read-only view of the database (``export``, ``show``): it never blocks
+    a server writing at the same time. Iterators stream (bounded memory)."""
+
+    def calls(self) -> Iterator[CallRecord]:
+        """Every call, lowest ``lastSeq`` first."""
+        ...
+
+    def events(self, after: int = 0) -> Iterator[LoggedEvent]:
+        """The whole log after ``after``, in ``seq`` order."""
+        ...
+
+    def call(self, call_id: str) -> CallRecord | None: ...
+
+    def timeline(self, call_id: str) -> list[LoggedEvent] | None: ...
+
+
+class Storage(Protocol):
+    """An event log with its call projection and its quarantine."""
+
+    # -- the writer --------------------------------------------------------------------------
+
+    def head(self) -> int:
+        """The highest committed ``seq`` (0 for an empty log)."""
+        ...
+
+    def write_batch(
+        self, groups: Sequence[Sequence[Entry]], rejects: Sequence[Reject] = ()
+    ) -> list[list[Appended]]:
+        """Append every group's entries (dedupe by content key; a duplicate gets its original
+        ``seq``), update the projection, and quarantine ``rejects``, all in one transaction.
+        Returns each group's results in order. Raises ``CommitFailed`` with nothing written."""
+        ...
+
+    def append(self, entries: Sequence[Entry]) -> list[Appended]:
+        """:meth:`write_batch` of one group (``import``, the Python API, tests)."""
+        ...
+
+    def reject(self, reject: Reject) -> None:
+        """Quarantine one refused body (capped in size) in a transaction of its own."""
+        ...
+
+    def recover(self) -> None:
+        """After a failed commit: drop and reopen what the failure may have left broken (a
+        read-only or faulty handle does not heal by itself)."""
+        ...
+
+    def probe(self, *, write: bool) -> None:
+        """Raise ``StorageError`` unless a write could commit now (``/readyz``); ``write``: make
+        a real, empty write (after a failed commit, taking the lock alone proves nothing)."""
+        ...
+
+    def start_maintenance(self) -> None:
+        """A long-running process begins (``serve``): start background upkeep, if any (SQLite:
+        the WAL checkpointer). :meth:`close` stops it."""
+        ...
+
+    # -- the queries (any thread) ------------------------------------------------------------
+
+    def call(self, call_id: str) -> CallRecord | None:
+        """One call by id, or ``None``."""
+        ...
+
+    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
+        """A call's events by event time (untimed last), then ``seq``; ``None``: no such call."""
+        ...
+
+    def calls(
+        self,
+        filters: Mapping[str, str],
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> tuple[list[CallRecord], int | None]:
+        """A page of calls, highest ``lastSeq`` first, by equality ``filters`` (names in
+        :data:`tracker.records.FILTERS`), first event time in ``[since, until)`` and the cursor
+        ``before_seq``; returns the page and the next cursor (``None`` on the last page)."""
+        ...
+
+    def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
+        """Calls counted by status, outcome and cause (first event time in ``[since, until)``)."""
+        ...
+
+    def events_after(self, after: int, limit: int) -> list[LoggedEvent]:
+        """Up to ``limit`` events with ``seq > after``, in ``seq`` order."""
+        ...
+
+    def rejects(self, after: int, limit: int) -> tuple[list[StoredReject], int | None]:
+        """A page of the quarantine by id after ``after``, and the next cursor."""
+        ...
+
+    # -- the commands ------------------------------------------------------------------------
+
+    def replay(self, *, check: bool = False, progress: Progress | None = None) -> list[Drift]:
+        """Rebuild the projection from the log, swapped in atomically while writes go on; with
+        ``check``, change nothing and return each call that differs from its log."""
+        ...
+
+    def counts(self) -> tuple[int, int]:
+        """How many calls and events there are."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[Snapshot]:
+        """A consistent read-only view for ``export`` and ``show``."""
+        ...
+
+    def backup(self, dest: str) -> int:
+        """Write a consistent, verified copy to ``dest`` while in use (replacing it only when
+        complete); returns the number of events in the copy."""
+        ...
+
+    def close(self) -> None:
+        """Stop the upkeep and release everything. Idempotent."""
+        ...

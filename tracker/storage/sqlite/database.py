@@ -1,0 +1,339 @@
+""":class:`SqliteStorage`: the SQLite implementation of :class:`tracker.storage.Storage`.
+
+Like datasette's ``Database``, one object owns its connections: the write connection (used by
+one thread at a time: the group-commit writer or a command), one read connection per reading
+thread (memory-mapped, ``read_mmap_mb``), and the WAL checkpointer thread of a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Concatenate, Final, ParamSpec, TypeVar
+
+from tracker.records import (
+    Appended,
+    CallRecord,
+    Counts,
+    Drift,
+    Entry,
+    LoggedEvent,
+    Reject,
+    StoredReject,
+)
+from tracker.storage.errors import OpenFailed, StorageError
+from tracker.storage.interface import Progress
+from tracker.storage.sqlite import queries
+from tracker.storage.sqlite.backup import backup
+from tracker.storage.sqlite.errors import commit_failed, read_failed
+from tracker.storage.sqlite.replay import replay
+from tracker.storage.sqlite.schema import check_file, check_version, connect, migrate
+from tracker.storage.sqlite.writes import Appender
+
+CHECKPOINT_SECONDS: Final = 0.2  # how often the checkpointer copies committed WAL pages over
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class SqliteStorage:
+    """One SQLite file. ``read_only``: for ``export``, ``show`` and ``backup`` (the file must
+    exist and hold our schema; nothing is created, migrated or written)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "normal",
+        outcomes: Mapping[str, str] | None = None,
+        busy_ms: int = 5000,
+        quarantine_max_bytes: int = 65536,
+        read_mmap_mb: int = 0,
+        must_exist: bool = False,
+        read_only: bool = False,
+    ) -> None:
+        self.path = str(path)
+        self.synchronous = synchronous
+        self.outcomes = dict(outcomes or {})
+        self.busy_ms = busy_ms
+        self.read_mmap_mb = read_mmap_mb
+        self.read_only = read_only
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._checkpointer: Checkpointer | None = None
+        self.commits = 0
+        self._closed = False
+        check_file(self.path, must_exist=must_exist or read_only)
+        try:
+            conn = connect(self.path, synchronous=synchronous, busy_ms=busy_ms)
+        except (sqlite3.Error, OSError) as err:
+            raise OpenFailed(f"cannot open the database {self.path}: {err}") from err
+        try:
+            if read_only:
+                check_version(conn, self.path)
+            else:
+                migrate(conn)
+        except sqlite3.Error as err:
+            conn.close()
+            raise OpenFailed(f"cannot open the database {self.path}: {err}") from err
+        except BaseException:
+            conn.close()
+            raise
+        #: The write connection (also a read-only command's connection).
+        self.conn = conn
+        self._appender = Appender(conn, self.outcomes, quarantine_max_bytes)
+
+    # -- the writer --------------------------------------------------------------------------
+
+    def head(self) -> int:
+        try:
+            return queries.head(self.conn)
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
+
+    def _writable(self) -> Appender:
+        if self.read_only:
+            raise StorageError(f"{self.path} is open for reading only")
+        return self._appender
+
+    def write_batch(
+        self, groups: Sequence[Sequence[Entry]], rejects: Sequence[Reject] = ()
+    ) -> list[list[Appended]]:
+        try:
+            out = self._writable().write_batch(groups, rejects)
+        except sqlite3.Error as err:
+            raise commit_failed(err) from err
+        self.commits += 1
+        return out
+
+    def append(self, entries: Sequence[Entry]) -> list[Appended]:
+        return self.write_batch([entries])[0]
+
+    def reject(self, reject: Reject) -> None:
+        self.write_batch([], [reject])
+
+    def recover(self) -> None:
+        """Drop and reopen the write connection (after a read-only or I/O fault)."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+        self._appender.forget()
+        try:
+            self.conn = connect(self.path, synchronous=self.synchronous, busy_ms=self.busy_ms)
+            migrate(self.conn)
+        except sqlite3.Error as err:
+            raise commit_failed(err) from err
+        self._appender.conn = self.conn
+
+    def probe(self, *, write: bool) -> None:
+        conn = None
+        try:
+            conn = self._reader()
+            conn.execute("BEGIN IMMEDIATE")
+            if write:
+                # Taking the lock writes nothing, so it passes on a full disk: only a real
+                # (one-page) write shows whether the fault is gone.
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                conn.execute(f"PRAGMA user_version = {version}")
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            if conn is not None and conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise commit_failed(err) from err
+
+    def start_maintenance(self) -> None:
+        if self._checkpointer is None:
+            self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._checkpointer = Checkpointer(self)
+
+    # -- the queries -------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, busy_ms=self.busy_ms, mmap_mb=self.read_mmap_mb)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _read(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
+    ) -> T:
+        """``fn`` on this thread's read connection, SQLite's errors as ours."""
+        try:
+            return fn(self._reader(), *args, **kw)
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
+
+    def call(self, call_id: str) -> CallRecord | None:
+        return self._read(queries.get_call, call_id)
+
+    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
+        return self._read(queries.timeline, call_id)
+
+    def calls(
+        self,
+        filters: Mapping[str, str],
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> tuple[list[CallRecord], int | None]:
+        return self._read(
+            queries.list_calls,
+            filters,
+            since=since,
+            until=until,
+            limit=limit,
+            before_seq=before_seq,
+        )
+
+    def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
+        return self._read(queries.stats, since=since, until=until)
+
+    def events_after(self, after: int, limit: int) -> list[LoggedEvent]:
+        return self._read(queries.events_after, after, limit)
+
+    def rejects(self, after: int, limit: int) -> tuple[list[StoredReject], int | None]:
+        return self._read(queries.list_rejects, after, limit)
+
+    # -- the commands ------------------------------------------------------------------------
+
+    def replay(self, *, check: bool = False, progress: Progress | None = None) -> list[Drift]:
+        appender = self._writable()
+        appender.forget()  # the swap rewrites calls through this very connection
+        try:
+            reader = connect(self.path, busy_ms=self.busy_ms)
+            try:
+                return replay(self.conn, reader, self.outcomes, check=check, progress=progress)
+            finally:
+                reader.close()
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
+        finally:
+            appender.forget()
+
+    def counts(self) -> tuple[int, int]:
+        try:
+            return queries.counts(self.conn)
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[SqliteSnapshot]:
+        """A read-only connection of its own inside one read transaction: a consistent view that
+        never blocks a server writing the same file (WAL)."""
+        try:
+            conn = connect(self.path, busy_ms=self.busy_ms)
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
+        try:
+            try:
+                check_version(conn, self.path)
+                conn.execute("PRAGMA query_only = ON")
+                conn.execute("BEGIN")
+            except sqlite3.Error as err:
+                raise read_failed(err) from err
+            yield SqliteSnapshot(conn)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def backup(self, dest: str) -> int:
+        try:
+            src = connect(self.path, busy_ms=self.busy_ms)
+            try:
+                return backup(src, Path(dest))
+            finally:
+                src.close()
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
+
+    def close(self) -> None:
+        """Stop the checkpointer, checkpoint the WAL into the file, close every connection."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(sqlite3.Error):
+            if not self.read_only:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+
+class Checkpointer:
+    """Checkpoints (copying the WAL into the database file, with an fsync) would otherwise run
+    inside a commit of the writer every 1000 pages; a thread of their own keeps that work off
+    the path of the requests that wait for the commit. Runs after commits, every 0.2 s."""
+
+    def __init__(self, storage: SqliteStorage) -> None:
+        self.storage = storage
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tracker-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        storage = self.storage
+        conn = connect(storage.path, busy_ms=storage.busy_ms)
+        seen = 0
+        try:
+            while not self._stop.wait(CHECKPOINT_SECONDS):
+                if storage.commits != seen:
+                    seen = storage.commits
+                    with contextlib.suppress(sqlite3.Error):  # busy or faulty: next time
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+
+class SqliteSnapshot:
+    """:class:`tracker.storage.interface.Snapshot` on one connection in one read transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def calls(self) -> Iterator[CallRecord]:
+        try:
+            yield from queries.iter_calls(self.conn)
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
+
+    def events(self, after: int = 0) -> Iterator[LoggedEvent]:
+        try:
+            yield from queries.iter_events(self.conn, after)
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
+
+    def call(self, call_id: str) -> CallRecord | None:
+        try:
+            return queries.get_call(self.conn, call_id)
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
+
+    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
+        try:
+            return queries.timeline(self.conn, call_id)
+        except sqlite3.Error as err:
+            raise read_failed(err) from err

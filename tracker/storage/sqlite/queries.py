@@ -1,0 +1,170 @@
+"""Reads, on any connection (the server runs them on read connections, never the writer's).
+
+They return :mod:`tracker.records`; rendering them for the API is :mod:`tracker.render`'s job.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import msgspec
+
+from tracker.records import CallRecord, Counts, LoggedEvent, StoredReject
+from tracker.state import CallState
+from tracker.storage.sqlite.schema import FILTER_COLUMNS
+
+_state_dec = msgspec.msgpack.Decoder(CallState)
+
+EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body"
+
+
+def record(state: bytes, outcome: str | None) -> CallRecord:
+    return CallRecord(_state_dec.decode(state), outcome)
+
+
+def get_call(conn: sqlite3.Connection, call_id: str) -> CallRecord | None:
+    row = conn.execute("SELECT state, outcome FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    return None if row is None else CallRecord(_state_dec.decode(row[0]), row[1])
+
+
+def timeline(conn: sqlite3.Connection, call_id: str) -> list[LoggedEvent] | None:
+    """A call's timeline by event time (untimed last), then seq; ``None`` for an unknown call."""
+    row = conn.execute("SELECT call_key FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+    if row is None:
+        return None
+    rows = conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE call_key = ?"
+        " ORDER BY event_time IS NULL, event_time, seq",
+        (row[0],),
+    ).fetchall()
+    return [LoggedEvent(*r) for r in rows]
+
+
+def events_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedEvent]:
+    rows = conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+    ).fetchall()
+    return [LoggedEvent(*r) for r in rows]
+
+
+def list_calls(
+    conn: sqlite3.Connection,
+    filters: Mapping[str, str],
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    limit: int = 100,
+    before_seq: int | None = None,
+) -> tuple[list[CallRecord], int | None]:
+    """Calls, highest ``lastSeq`` first; returns the page and the next cursor."""
+    where: list[str] = []
+    args: list[Any] = []
+    for name, value in filters.items():
+        where.append(f"{FILTER_COLUMNS[name]} = ?")
+        args.append(value)
+    if since is not None:
+        where.append("first_event_at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("first_event_at < ?")
+        args.append(until)
+    if before_seq is not None:
+        where.append("last_seq < ?")
+        args.append(before_seq)
+    sql = "SELECT state, outcome, last_seq FROM calls"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY last_seq DESC LIMIT ?"
+    args.append(limit + 1)
+    rows = conn.execute(sql, args).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    decode = _state_dec.decode
+    page = [CallRecord(decode(r[0]), r[1]) for r in rows]
+    return page, (rows[-1][2] if more and rows else None)
+
+
+def stats(
+    conn: sqlite3.Connection, *, since: int | None = None, until: int | None = None
+) -> Counts:
+    where: list[str] = []
+    args: list[Any] = []
+    if since is not None:
+        where.append("first_event_at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("first_event_at < ?")
+        args.append(until)
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    out: list[dict[str, int]] = []
+    total = 0
+    for column in ("status", "outcome", "cause"):
+        counts: dict[str, int] = {}
+        for value, n in conn.execute(
+            f"SELECT {column}, count(*) FROM calls{clause} GROUP BY {column} ORDER BY {column}",
+            args,
+        ):
+            if value is not None:
+                counts[value] = n
+            if column == "status":
+                total += n
+        out.append(counts)
+    return Counts(total, out[0], out[1], out[2])
+
+
+def list_rejects(
+    conn: sqlite3.Connection, after: int, limit: int
+) -> tuple[list[StoredReject], int | None]:
+    rows = conn.execute(
+        "SELECT id, received_at, status, error, detail, content_type, path, size, truncated, body"
+        " FROM rejects WHERE id > ? ORDER BY id LIMIT ?",
+        (after, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    out = [
+        StoredReject(
+            id=r[0],
+            received_at=r[1],
+            status=r[2],
+            error=r[3],
+            detail=r[4],
+            content_type=r[5],
+            path=r[6],
+            size=r[7],
+            truncated=bool(r[8]),
+            body=bytes(r[9] or b""),
+        )
+        for r in rows[:limit]
+    ]
+    return out, (out[-1].id if more and out else None)
+
+
+def counts(conn: sqlite3.Connection) -> tuple[int, int]:
+    calls = conn.execute("SELECT count(*) FROM calls").fetchone()[0]
+    events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    return int(calls), int(events)
+
+
+def head(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+
+
+# Streaming reads (export): one cursor each, so memory stays bounded. Run them inside one read
+# transaction (``BEGIN`` on a connection of its own) for a consistent snapshot.
+
+
+def iter_calls(conn: sqlite3.Connection) -> Iterator[CallRecord]:
+    """Every call, lowest ``lastSeq`` first."""
+    decode = _state_dec.decode
+    for state, outcome in conn.execute("SELECT state, outcome FROM calls ORDER BY last_seq"):
+        yield CallRecord(decode(state), outcome)
+
+
+def iter_events(conn: sqlite3.Connection, after: int = 0) -> Iterator[LoggedEvent]:
+    """The whole log after ``after``, in seq order."""
+    for r in conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (after,)
+    ):
+        yield LoggedEvent(*r)
