@@ -33,7 +33,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.server import Server, run_tracker, start_server
-from tracker.cli import defuse_formula
+from tracker.cli.commands import defuse_formula
 from tracker.events import V1_TYPES, V2_TYPES
 from tracker.state import OUTCOMES
 

@@ -137,19 +137,20 @@ def test_a_timeline_page_stops_before_4_mib_of_payloads(tmp_path: Path) -> None:
 
 
 def test_a_single_event_larger_than_a_page_still_comes_alone(tmp_path: Path) -> None:
-    from tracker import store as st
+    from tracker.storage.sqlite import queries
+    from tracker.storage.sqlite.schema import connect
 
     db = tmp_path / "t.db"
     with serving(db) as c:
         for i in range(3):
             post(c, v1("speak", "c-1", f"2024-05-01T10:00:0{i}Z", text="y" * 1000, n=str(i)))
-    conn = st.connect(db)
+    conn = connect(db)
     try:
-        found = st.call_events(conn, "c-1", limit=100, max_bytes=10)
+        found = queries.timeline(conn, "c-1", limit=100, max_bytes=10)
         assert found is not None
         rows, nxt = found
         assert len(rows) == 1 and nxt is not None
-        found = st.call_events(conn, "c-1", after=nxt, limit=100, max_bytes=10)
+        found = queries.timeline(conn, "c-1", after=nxt, limit=100, max_bytes=10)
         assert found is not None and len(found[0]) == 1
     finally:
         conn.close()

@@ -34,9 +34,10 @@ def render_row(state: bytes, outcome: str | None) -> bytes:
     return call_json(queries.record(state, outcome))
 
 
-def call_events(conn: sqlite3.Connection, call_id: str) -> list[EventRow] | None:
+def call_events(conn: sqlite3.Connection, call_id: str) -> tuple[list[EventRow], Any] | None:
+    """A page of the timeline as the API shows it, and where the next page starts."""
     found = queries.timeline(conn, call_id)
-    return None if found is None else event_rows(found)
+    return None if found is None else (event_rows(found[0]), found[1])
 
 
 def events_after(conn: sqlite3.Connection, after: int, limit: int) -> list[EventRow]:
