@@ -452,11 +452,25 @@ def test_stats_count_calls_by_status_outcome_and_cause_within_since_and_until(
         def count(field: str) -> dict[str, int]:
             return dict(Counter(x[field] for x in chosen if x[field] is not None))
 
+        def mean(xs: list[float]) -> Any:
+            return pytest.approx(sum(xs) / len(xs), abs=1e-3) if xs else None
+
+        ended = [x for x in chosen if x["status"] == "ended"]
+        answered = [x for x in ended if x["answeredAt"] is not None]
         return {
             "total": len(chosen),
             "byStatus": count("status"),
             "byOutcome": count("outcome"),
             "byCause": count("cause"),
+            "kpis": {
+                "attempts": len(ended),
+                "answered": len(answered),
+                "asr": pytest.approx(len(answered) / len(ended), abs=1e-4) if ended else None,
+                "acd": mean([x["talkSeconds"] for x in answered if x["talkSeconds"] is not None]),
+                "averageRingSeconds": mean(
+                    [x["ringSeconds"] for x in ended if x["ringSeconds"] is not None]
+                ),
+            },
         }
 
     everything = c.get("/stats").json()
@@ -468,8 +482,7 @@ def test_stats_count_calls_by_status_outcome_and_cause_within_since_and_until(
     assert c.get("/stats", params={"since": lo, "until": hi}).json() == expected(within)
     later = [x for x in calls if x["firstEventAt"] and x["firstEventAt"] >= hi]
     assert c.get("/stats", params={"since": hi}).json() == expected(later)
-    empty = {"total": 0, "byStatus": {}, "byOutcome": {}, "byCause": {}}
-    assert c.get("/stats", params={"until": "1999-01-01T00:00:00Z"}).json() == empty
+    assert c.get("/stats", params={"until": "1999-01-01T00:00:00Z"}).json() == expected([])
 
 
 def test_the_log_is_read_in_seq_order_page_by_page(

@@ -20,6 +20,7 @@ SCRIPTS = [
     "bench_replay.py",
     "bench_query.py",
     "bench_ceiling.py",
+    "bench_dashboard.py",
 ]
 NEEDS_WRK = {"bench_ingest.py", "bench_scale.py", "bench_query.py", "bench_ceiling.py"}
 TITLES = {
@@ -28,6 +29,7 @@ TITLES = {
     "bench_replay.py": "## Replay",
     "bench_query.py": "## Query",
     "bench_ceiling.py": "## Ingest ceilings",
+    "bench_dashboard.py": "## Dashboard",
 }
 
 

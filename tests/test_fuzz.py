@@ -687,6 +687,7 @@ READ_PARAMS = {
         "cursor",
     ],
     "/stats": ["since", "until"],
+    "/stats/series": ["since", "until", "step"],
     "/events": ["after", "limit"],
     "/rejects": ["after", "limit"],
 }
@@ -731,6 +732,7 @@ GOOD_VALUES = {
     "limit": ["1", "2", "50", "1000"],
     "cursor": ["1", "100", "9223372036854775807"],
     "after": ["0", "1", "50", "9223372036854775807"],
+    "step": ["1", "60", "3600", "31622400", "31622401"],
 }
 
 
@@ -776,7 +778,11 @@ def test_every_read_route_answers_any_parameters_with_200_or_a_json_400_or_404(
         assert set(body) == {"calls", "next"}
         assert body["next"] is None or body["next"].isdigit()
     elif route == "/stats":
-        assert set(body) == {"total", "byStatus", "byOutcome", "byCause"}
+        assert set(body) == {"total", "byStatus", "byOutcome", "byCause", "kpis"}
+    elif route == "/stats/series":
+        assert set(body) == {"since", "until", "stepSeconds", "times", "byOutcome"}
+        assert len(body["times"]) <= 1440
+        assert all(len(v) == len(body["times"]) for v in body["byOutcome"].values())
     elif route in ("/events", "/rejects"):
         assert set(body) == {route[1:], "next"}
     else:

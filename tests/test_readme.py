@@ -38,7 +38,8 @@ def test_every_documented_route_exists_in_the_openapi_document():
 
 def test_openapi_covers_every_starlette_route_of_the_app():
     app = create_app(Settings())
-    served = {r.path for r in app.starlette.routes}  # type: ignore[attr-defined]
+    # a {name:path} convertor is the plain {name} in OpenAPI
+    served = {r.path.replace(":path}", "}") for r in app.starlette.routes}  # type: ignore[attr-defined]
     assert served <= set(document()["paths"])
 
 

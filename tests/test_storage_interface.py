@@ -98,6 +98,19 @@ def test_calls_page_by_filters_and_cursor(storage: Storage) -> None:
     assert (counts.total, counts.by_outcome) == (5, {"busy": 2, "normal": 3})
 
 
+def test_stats_sum_the_ended_calls_times_and_the_series_buckets_them(storage: Storage) -> None:
+    storage.append(a_call("c-1"))  # answered after 3 s, talked 47 s
+    storage.append([event("incomingcall", "c-2", 10), event("hangup", "c-2", 20, cause="x")])
+    storage.append([event("incomingcall", "c-3", 30)])  # still up
+    kpis = storage.stats().kpis
+    assert (kpis.attempts, kpis.answered) == (2, 1)
+    assert (kpis.talk_ms, kpis.talk_n, kpis.ring_ms, kpis.ring_n) == (47000, 1, 3000, 1)
+    lo, hi = storage.time_bounds()
+    assert lo is not None and hi is not None and hi - lo == 30_000
+    buckets = storage.series(since=lo, until=hi + 1, step_ms=20_000)
+    assert buckets == {"normal": [1, 0], "error": [1, 0], "in_progress": [0, 1]}
+
+
 def test_events_after_a_seq_and_the_quarantine(storage: Storage) -> None:
     storage.append(a_call("c-1"))
     assert [e.seq for e in storage.events_after(1, 10)] == [2, 3]

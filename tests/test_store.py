@@ -432,7 +432,8 @@ def test_a_newer_schema_refuses_to_open_with_a_clear_error(db_path):
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
-    with pytest.raises(StorageUnavailable, match=r"schema version 2, newer .* upgrade tracker"):
+    newer = SCHEMA_VERSION + 1
+    with pytest.raises(StorageUnavailable, match=rf"schema version {newer}, newer .* upgrade"):
         Store(db_path)
 
 
@@ -612,17 +613,44 @@ def test_stats_count_calls_by_status_outcome_and_cause(calls_db):
         "byStatus": {"answered": 1, "ended": 3, "started": 1},
         "byOutcome": {"busy": 1, "no_answer": 1, "normal": 1},
         "byCause": {"NORMAL_CLEARING": 1, "USER_BUSY": 1},
+        # c-0 and c-1 answered after 3 s and talked 67 s; c-4 timed out unanswered
+        "kpis": {
+            "attempts": 3,
+            "answered": 2,
+            "asr": 0.6667,
+            "acd": 67.0,
+            "averageRingSeconds": 3.0,
+        },
     }
     assert stats(calls_db.conn, since=ms(60), until=ms(180)) == {
         "total": 2,
         "byStatus": {"ended": 1, "started": 1},
         "byOutcome": {"busy": 1},
         "byCause": {"USER_BUSY": 1},
+        "kpis": {
+            "attempts": 1,
+            "answered": 1,
+            "asr": 1.0,
+            "acd": 67.0,
+            "averageRingSeconds": 3.0,
+        },
     }
 
 
 def test_stats_of_an_empty_store(store):
-    assert stats(store.conn) == {"total": 0, "byStatus": {}, "byOutcome": {}, "byCause": {}}
+    assert stats(store.conn) == {
+        "total": 0,
+        "byStatus": {},
+        "byOutcome": {},
+        "byCause": {},
+        "kpis": {
+            "attempts": 0,
+            "answered": 0,
+            "asr": None,
+            "acd": None,
+            "averageRingSeconds": None,
+        },
+    }
 
 
 def test_events_after_reads_the_log_in_seq_order(store):

@@ -37,11 +37,32 @@ class Timeline(msgspec.Struct):
     next: str | None  # the ``after`` of the next page; null on the last page
 
 
+class Kpis(msgspec.Struct):
+    """Over the ended calls in the range; null when there is nothing to divide or average."""
+
+    attempts: int
+    answered: int
+    asr: float | None
+    acd: float | None
+    averageRingSeconds: float | None
+
+
 class Stats(msgspec.Struct):
     total: int
     byStatus: dict[str, int]
     byOutcome: dict[str, int]
     byCause: dict[str, int]
+    kpis: Kpis
+
+
+class Series(msgspec.Struct):
+    """Calls by bucket of ``firstEventAt`` and outcome (``in_progress``: not ended yet)."""
+
+    since: str
+    until: str
+    stepSeconds: int
+    times: list[str]
+    byOutcome: dict[str, list[int]]
 
 
 class EventPage(msgspec.Struct):
@@ -64,6 +85,7 @@ def _schemas() -> dict[str, Any]:
             CallList,
             Timeline,
             Stats,
+            Series,
             EventPage,
             RejectPage,
         ],
@@ -165,6 +187,19 @@ def document() -> dict[str, Any]:
         _q("cursor", "The previous page's next", {"type": "string", "pattern": "^[0-9]+$"}),
     ]
     text = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    html = {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}
+    redirect = {"description": "Signed in or out: on to the page (sets or clears the cookie)"}
+    form = {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"token": {"type": "string"}, "next": {"type": "string"}},
+                }
+            }
+        },
+    }
     paths: dict[str, Any] = {
         "/callbacks": {"post": post, "get": get},
         "/callbacks/{path}": {
@@ -211,6 +246,26 @@ def document() -> dict[str, Any]:
                     _q("until", "firstEventAt < until", _TIME),
                 ],
                 "responses": {"200": _json("Stats", "Counts"), **_errors(400, 401)},
+            }
+        },
+        "/stats/series": {
+            "get": {
+                "summary": "Calls per time bucket by outcome (by firstEventAt), for a chart",
+                "parameters": [
+                    _q("since", "First bucket's start (default: the earliest call)", _TIME),
+                    _q(
+                        "until",
+                        "End, exclusive (default: now; with neither bound: after the latest call)",
+                        _TIME,
+                    ),
+                    _q(
+                        "step",
+                        "Bucket width in seconds (default: the smallest of 1 min, 5 min, 15 min,"
+                        " 30 min, 1 h, 2 h, 6 h, 12 h, 1 d, 7 d, 30 d that gives at most 1440)",
+                        {"type": "integer", "minimum": 1, "maximum": 366 * 86400},
+                    ),
+                ],
+                "responses": {"200": _json("Series", "Counts per bucket"), **_errors(400, 401)},
             }
         },
         "/events": {
@@ -262,6 +317,47 @@ def document() -> dict[str, Any]:
             "get": {
                 "summary": "This document",
                 "responses": {"200": {"description": "OpenAPI 3"}, **_errors(401)},
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The dashboard (HTML; its script reads this API). Open without a token:"
+                " it holds no data. ?token= signs in",
+                "parameters": [_q("token", "The query token: sets the session cookie")],
+                "responses": {"200": html, "303": redirect},
+            }
+        },
+        "/ui/calls/{callId}": {
+            "get": {
+                "summary": "A call's page on the dashboard (HTML)",
+                "parameters": [call_id],
+                "responses": {"200": html},
+            }
+        },
+        "/ui/static/{name}": {
+            "get": {
+                "summary": "The dashboard's scripts, styles and icon (served from the package)",
+                "parameters": [{**sub, "name": "name", "description": "The file"}],
+                "responses": {"200": {"description": "The file"}, **_errors(404)},
+            }
+        },
+        "/favicon.ico": {
+            "get": {
+                "summary": "The icon (SVG), for browsers that ask for it on any page",
+                "responses": {"200": {"description": "The icon"}},
+            }
+        },
+        "/ui/sign-in": {
+            "post": {
+                "summary": "The sign-in form: a right token sets the HttpOnly session cookie",
+                "requestBody": form,
+                "responses": {"200": html, "303": redirect, **_errors(400, 413)},
+            }
+        },
+        "/ui/sign-out": {
+            "post": {
+                "summary": "Clears the session cookie",
+                "responses": {"303": redirect, **_errors(400)},
             }
         },
     }

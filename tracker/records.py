@@ -89,18 +89,34 @@ class StoredReject(NamedTuple):
     body: bytes
 
 
+class Kpis(NamedTuple):
+    """Sums over the ended calls, for SPEC §5's telephony figures (the ratios and means are
+    :func:`tracker.render.stats_json`'s): ``talk_ms`` over the ``talk_n`` answered calls whose
+    end time is known, ``ring_ms`` over the ``ring_n`` whose start and answer are known."""
+
+    attempts: int
+    answered: int
+    talk_ms: float
+    talk_n: int
+    ring_ms: float
+    ring_n: int
+
+
 class Counts(NamedTuple):
-    """Calls counted by status, outcome and cause (``None`` values left out)."""
+    """Calls counted by status, outcome and cause (``None`` values left out), and the KPIs."""
 
     total: int
     by_status: dict[str, int]
     by_outcome: dict[str, int]
     by_cause: dict[str, int]
+    kpis: Kpis
 
 
 #: A place in a call's timeline: (event time in ms, or ``None`` for the untimed events, seq).
 #: The timeline's order is by event time, untimed last, then seq; a page continues after a place.
 TimelinePlace = tuple[int | None, int]
+#: A page of a timeline and the place the next one starts after (``None``: the end).
+TimelinePage = tuple[list[LoggedEvent], TimelinePlace | None]
 #: A timeline page stops before this many payload bytes (with at least one event).
 TIMELINE_PAGE_BYTES: Final = 4 << 20
 _PLACE = re.compile(r"(-?[0-9]{1,19}|u)\.([0-9]{1,19})")

@@ -210,12 +210,21 @@ def reject_row(r: StoredReject) -> RejectRow:
 
 
 def stats_json(c: Counts) -> dict[str, Any]:
-    """``GET /stats``."""
+    """``GET /stats``: the counts, and SPEC §5's KPIs over the ended calls (ASR to 4 decimals,
+    seconds to the millisecond; null when there is nothing to divide or average)."""
+    k = c.kpis
     return {
         "total": c.total,
         "byStatus": c.by_status,
         "byOutcome": c.by_outcome,
         "byCause": c.by_cause,
+        "kpis": {
+            "attempts": k.attempts,
+            "answered": k.answered,
+            "asr": round(k.answered / k.attempts, 4) if k.attempts else None,
+            "acd": round(k.talk_ms / k.talk_n / 1000.0, 3) if k.talk_n else None,
+            "averageRingSeconds": round(k.ring_ms / k.ring_n / 1000.0, 3) if k.ring_n else None,
+        },
     }
 
 

@@ -3,9 +3,9 @@
 ``/callbacks`` goes to the lean ingest path (:mod:`tracker.http.callbacks`), ``/calls/{callId}``
 to the raw-path route of :mod:`tracker.http.queries`; everything else is a small Starlette
 application (the query routes, the live stream of :mod:`tracker.http.stream`, health, metrics,
-the OpenAPI document). The lifespan opens the storage, starts the group-commit writer (and the
-forwarder), and on exit drains and closes them. Errors are data (:mod:`tracker.errors`) rendered
-by :func:`tracker.http.asgi.error_response`.
+the OpenAPI document, the dashboard of :mod:`tracker.http.dashboard`). The lifespan opens the
+storage, starts the group-commit writer (and the forwarder), and on exit drains and closes them.
+Errors are data (:mod:`tracker.errors`) rendered by :func:`tracker.http.asgi.error_response`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from tracker.http.asgi import (
     send_error,
 )
 from tracker.http.callbacks import Callbacks
+from tracker.http.dashboard import Dashboard, is_page
 from tracker.http.queries import Queries
 from tracker.http.stream import LiveStream
 from tracker.metrics import Metrics
@@ -70,10 +71,12 @@ class TrackerApp:
         self.live = LiveStream(self.queries)
         self._sweeper: asyncio.Task[None] | None = None
         self._token = settings.query.token.encode() if settings.query.token else None
+        self.dashboard = Dashboard(self._token, self.metrics)
         q = self.queries
         routes = [
             Route("/calls", q.list_calls),
             Route("/stats", q.stats),
+            Route("/stats/series", q.series),
             Route("/events", q.events),
             Route("/events/stream", self.live.stream),
             Route("/rejects", q.rejects),
@@ -81,6 +84,7 @@ class TrackerApp:
             Route("/readyz", self.readyz),
             Route("/metrics", self.metrics_route),
             Route("/openapi.json", self.openapi),
+            *self.dashboard.routes(),
         ]
         self.starlette = Starlette(
             routes=routes,
@@ -200,7 +204,13 @@ class TrackerApp:
             if path == "/callbacks" or path.startswith("/callbacks/"):
                 await self.callbacks(scope, receive, send, path)
                 return
-            if self._token is not None and path not in OPEN_PATHS and not self._bearer_ok(scope):
+            if (
+                self._token is not None
+                and path not in OPEN_PATHS
+                and not is_page(path)  # the pages and their assets hold no data
+                and not self._bearer_ok(scope)
+                and not self.dashboard.cookie_ok(scope)  # the dashboard's session
+            ):
                 self.metrics.query_auth_failures += 1
                 await send_error(send, Unauthorized("a bearer token is required", "Bearer"))
                 return
@@ -226,7 +236,12 @@ class TrackerApp:
             raise StorageUnavailable("the service is not started (lifespan not run)")
         healthy = writer.healthy  # after a failed commit, only a real write proves the fault gone
         await self.queries.read(lambda s: s.probe(write=not healthy))
-        if self._token is not None and not self._bearer_ok(request.scope):
+        scope = request.scope
+        if (
+            self._token is not None
+            and not self._bearer_ok(scope)
+            and not self.dashboard.cookie_ok(scope)
+        ):
             # an open route: with a token set, how much was ingested is for those who hold it
             return Response(b'{"status":"ready"}', media_type="application/json")
         return Response(

@@ -25,10 +25,10 @@ from tracker.errors import (
     StorageUnavailable,
     TrackerError,
 )
-from tracker.events import parse_time, restore_plus
+from tracker.events import format_time, parse_time, restore_plus
 from tracker.http.asgi import Scope, Send, raw_route_path, send_bytes, send_error
 from tracker.ingest import parse_fields
-from tracker.records import FILTERS, TimelinePlace, format_place, parse_place
+from tracker.records import FILTERS, TimelinePlace, format_place, now_ms, parse_place
 from tracker.render import call_json, event_rows, reject_row, stats_json
 from tracker.state import OUTCOMES
 from tracker.storage import Storage
@@ -37,6 +37,10 @@ _json = msgspec.json.Encoder()
 MAX_SEQ: Final = (1 << 63) - 1
 READ_THREADS: Final = 2
 STATUSES: Final = frozenset({"started", "answered", "ended"})
+MAX_BUCKETS: Final = 1440  # the most buckets GET /stats/series answers
+MAX_STEP: Final = 366 * 86400  # seconds: its widest bucket
+# Bucket widths (seconds) it picks from when none is asked for: the smallest that fits.
+NICE_STEPS: Final = (60, 300, 900, 1800, 3600, 7200, 21600, 43200, 86400, 604800, 2592000)
 T = TypeVar("T")
 
 
@@ -192,6 +196,44 @@ class Queries:
         since, until = time_param(params, "since"), time_param(params, "until")
         out = await self.read(lambda s: s.stats(since=since, until=until))
         return Response(_json.encode(stats_json(out)), media_type="application/json")
+
+    async def series(self, request: Request) -> Response:
+        """Calls per time bucket by outcome (the dashboard's chart)."""
+        params = query_params(request)
+        only(params, {"since", "until", "step"})
+        since, until = time_param(params, "since"), time_param(params, "until")
+        step = int_param(params, "step", 0, 1, MAX_STEP) if "step" in params else None
+        if since is None or until is None:
+            lo, hi = await self.read(lambda s: s.time_bounds())
+            if until is None:
+                until = hi + 1 if hi is not None and since is None else now_ms()
+            if since is None:
+                since = lo if lo is not None and lo < until else until
+        if until < since:
+            raise BadParameter("until must not be before since")
+        span = until - since
+        if step is None:  # the smallest usual width that fits; buckets start on its multiples
+            step = next((s for s in NICE_STEPS if span <= s * 1000 * MAX_BUCKETS), MAX_STEP)
+            if "since" not in params and span > 0:
+                since -= since % (step * 1000)
+                span = until - since
+        buckets = -(-span // (step * 1000))
+        if buckets > MAX_BUCKETS:
+            raise BadParameter(
+                f"step must cut the range into at most {MAX_BUCKETS} buckets; {step} s cuts "
+                f"it into {buckets}: give a larger step or a shorter range"
+            )
+        step_ms = step * 1000
+        start = since
+        counts = await self.read(lambda s: s.series(since=start, until=until, step_ms=step_ms))
+        body = {
+            "since": format_time(since),
+            "until": format_time(until),
+            "stepSeconds": step,
+            "times": [format_time(since + i * step_ms) for i in range(buckets)],
+            "byOutcome": {k: v[:buckets] for k, v in sorted(counts.items())},
+        }
+        return Response(_json.encode(body), media_type="application/json")
 
     async def events(self, request: Request) -> Response:
         params = query_params(request)

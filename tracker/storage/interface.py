@@ -134,7 +134,18 @@ class Storage(Protocol):
         ...
 
     def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
-        """Calls counted by status, outcome and cause (first event time in ``[since, until)``)."""
+        """Calls counted by status, outcome and cause, and the sums behind the KPIs (first event
+        time in ``[since, until)``)."""
+        ...
+
+    def time_bounds(self) -> tuple[int | None, int | None]:
+        """The earliest and latest first event time of any call (``None`` with no calls)."""
+        ...
+
+    def series(self, *, since: int, until: int, step_ms: int) -> dict[str, list[int]]:
+        """Calls with a first event time in ``[since, until)``, counted per ``step_ms`` bucket
+        from ``since`` and by outcome (``in_progress``: not ended): ``{outcome: [counts]}``,
+        each list as long as the buckets (outcomes with no call left out)."""
         ...
 
     def events_after(self, after: int, limit: int) -> list[LoggedEvent]:

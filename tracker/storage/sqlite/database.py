@@ -24,6 +24,7 @@ from tracker.records import (
     LoggedEvent,
     Reject,
     StoredReject,
+    TimelinePage,
     TimelinePlace,
 )
 from tracker.storage.errors import OpenFailed, StorageError
@@ -59,8 +60,7 @@ class SqliteStorage:
         wal_checkpoint_bytes: int = WAL_CHECKPOINT_BYTES,
     ) -> None:
         self.path = str(path)
-        self.wal_checkpoint_bytes = wal_checkpoint_bytes
-        self._wal = WalBound(self)
+        self._wal = WalBound(self, wal_checkpoint_bytes)
         self.synchronous = synchronous
         self.outcomes = dict(outcomes or {})
         self.busy_ms = busy_ms
@@ -132,8 +132,6 @@ class SqliteStorage:
         except sqlite3.Error as err:
             raise commit_failed(err) from err
         self._appender.conn = self.conn
-        if self._checkpointer is not None:
-            self._wal.tune()
 
     def probe(self, *, write: bool) -> None:
         conn = None
@@ -155,9 +153,7 @@ class SqliteStorage:
             raise commit_failed(err) from err
 
     def start_maintenance(self, ask: Callable[[], None] | None = None) -> None:
-        if self._checkpointer is None:
-            self._wal.tune()
-            self._checkpointer = Checkpointer(self, ask)
+        self._checkpointer = self._checkpointer or self._wal.start(ask)
 
     def upkeep(self, *, asked: bool = False) -> None:
         self._wal.maybe_truncate(force=asked)
@@ -188,7 +184,7 @@ class SqliteStorage:
 
     def timeline(
         self, call_id: str, *, after: TimelinePlace | None = None, limit: int = 100
-    ) -> tuple[list[LoggedEvent], TimelinePlace | None] | None:
+    ) -> TimelinePage | None:
         return self._read(queries.timeline, call_id, after=after, limit=limit)
 
     def calls(
@@ -211,6 +207,12 @@ class SqliteStorage:
 
     def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
         return self._read(queries.stats, since=since, until=until)
+
+    def time_bounds(self) -> tuple[int | None, int | None]:
+        return self._read(queries.time_bounds)
+
+    def series(self, *, since: int, until: int, step_ms: int) -> dict[str, list[int]]:
+        return self._read(queries.series, since=since, until=until, step_ms=step_ms)
 
     def events_after(self, after: int, limit: int) -> list[LoggedEvent]:
         return self._read(queries.events_after, after, limit)
@@ -293,7 +295,7 @@ class SqliteStorage:
 
 
 class WalBound:
-    """Keeps the ``-wal`` file near ``wal_checkpoint_bytes`` under sustained ingest.
+    """Keeps the ``-wal`` file near ``bound`` bytes under sustained ingest.
 
     The :class:`Checkpointer` copies committed WAL pages into the file beside the writer, but a
     PASSIVE checkpoint beside a writer that keeps appending never completes, and SQLite starts
@@ -307,9 +309,10 @@ class WalBound:
     checkpointer cannot copy most of the WAL the writer does not try, and after a busy attempt
     the mark moves up by half a bound so that a reader does not make every commit try."""
 
-    def __init__(self, storage: SqliteStorage) -> None:
+    def __init__(self, storage: SqliteStorage, bound: int) -> None:
         self.storage = storage
-        self.bound = storage.wal_checkpoint_bytes
+        self.bound = bound
+        self.tuned: sqlite3.Connection | None = None  # the write connection given our pragmas
         self.path = f"{storage.path}-wal"
         self.truncate_at = self.bound  # the -wal size that calls for a truncation
         self.lock = threading.Lock()  # one checkpoint at a time (checkpointer or writer)
@@ -317,8 +320,12 @@ class WalBound:
         self.lag_bytes = 0
         self.truncations = 0
 
+    def start(self, ask: Callable[[], None] | None) -> Checkpointer:
+        self.tune()
+        return Checkpointer(self.storage, ask)
+
     def tune(self) -> None:
-        conn = self.storage.conn
+        self.tuned = conn = self.storage.conn
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         # a WAL that restarts without our truncation (another process's checkpoint) is cut back
         conn.execute(f"PRAGMA journal_size_limit = {int(self.bound)}")
@@ -331,6 +338,8 @@ class WalBound:
 
     def maybe_truncate(self, *, force: bool = False) -> None:
         """In the writer's thread, between two commits."""
+        if self.tuned not in (None, self.storage.conn):  # reopened after a fault: pragmas again
+            self.tune()
         size = self.size()
         if size <= self.bound:  # emptied, or restarted and cut back by journal_size_limit
             self.truncate_at = self.bound
@@ -419,7 +428,7 @@ class SqliteSnapshot:
 
     def timeline(
         self, call_id: str, *, after: TimelinePlace | None = None, limit: int = 100
-    ) -> tuple[list[LoggedEvent], TimelinePlace | None] | None:
+    ) -> TimelinePage | None:
         try:
             return queries.timeline(self.conn, call_id, after=after, limit=limit)
         except sqlite3.Error as err:

@@ -15,6 +15,7 @@ from tracker.records import (
     TIMELINE_PAGE_BYTES,
     CallRecord,
     Counts,
+    Kpis,
     LoggedEvent,
     StoredReject,
     TimelinePlace,
@@ -155,7 +156,47 @@ def stats(
             if column == "status":
                 total += n
         out.append(counts)
-    return Counts(total, out[0], out[1], out[2])
+    return Counts(total, out[0], out[1], out[2], kpis(conn, clause, args))
+
+
+def kpis(conn: sqlite3.Connection, clause: str, args: list[Any]) -> Kpis:
+    """One pass over the ended calls' time columns. ``total()`` sums in floating point, so
+    nonsensical far-apart times cannot overflow."""
+    where = clause + (" AND " if clause else " WHERE ") + "status = 'ended'"
+    row = conn.execute(
+        "SELECT count(*), count(answered_at),"
+        " total(ended_at - answered_at), count(ended_at - answered_at),"
+        f" total(answered_at - started_at), count(answered_at - started_at) FROM calls{where}",
+        args,
+    ).fetchone()
+    return Kpis(*row)
+
+
+def time_bounds(conn: sqlite3.Connection) -> tuple[int | None, int | None]:
+    """The earliest and latest first event time of any call (two index look-ups)."""
+    lo = conn.execute("SELECT min(first_event_at) FROM calls").fetchone()[0]
+    hi = conn.execute("SELECT max(first_event_at) FROM calls").fetchone()[0]
+    return lo, hi
+
+
+def series(
+    conn: sqlite3.Connection, *, since: int, until: int, step_ms: int
+) -> dict[str, list[int]]:
+    """Calls by first-event-time bucket (``[since, until)`` in ``step_ms`` slices) and outcome
+    (calls not ended yet under ``in_progress``): ``{outcome: [count per bucket]}``."""
+    n = max(1, -(-(until - since) // step_ms))
+    out: dict[str, list[int]] = {}
+    for bucket, outcome, count in conn.execute(
+        "SELECT (first_event_at - ?) / ? AS b, outcome, count(*) FROM calls"
+        " WHERE first_event_at >= ? AND first_event_at < ? GROUP BY b, outcome",
+        (since, step_ms, since, until),
+    ):
+        key = outcome if outcome is not None else "in_progress"
+        counts = out.get(key)
+        if counts is None:
+            counts = out[key] = [0] * n
+        counts[bucket] += count
+    return out
 
 
 def list_rejects(

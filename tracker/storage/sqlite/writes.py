@@ -15,6 +15,7 @@ from typing import Any, Final
 import msgspec
 
 from tracker.records import Appended, Entry, Reject
+from tracker.render import ended_at
 from tracker.state import CallState, direction_of, evolve, initial_state, outcome_for, status_of
 
 CACHE_CALLS: Final = 20_000  # calls whose state the writer keeps in memory
@@ -36,23 +37,35 @@ def row_of(state: CallState, outcomes: Mapping[str, str] | None) -> tuple[Any, .
         state.tag[2] if state.tag is not None else None,
         state.first[0] if state.first is not None else None,
         state.last_seq,
+        *times_of(state),
         _state_enc.encode(state),
     )
 
 
+def times_of(state: CallState) -> tuple[int | None, int | None, int | None]:
+    """The start, answer and end times (ms) the projection keeps as columns (for the KPIs)."""
+    return state.started, state.answered_at, ended_at(state)
+
+
+def state_times(blob: bytes) -> tuple[int | None, int | None, int | None]:
+    """:func:`times_of` a stored state (the schema-2 migration fills old rows with it)."""
+    return times_of(_state_dec.decode(blob))
+
+
 CALL_COLUMNS: Final = (
     "call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at,"
-    " last_seq, state"
+    " last_seq, started_at, answered_at, ended_at, state"
 )
-INSERT_CALL: Final = f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+INSERT_CALL: Final = f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join('?' * 15)})"
 _SELECT_CALL = f"SELECT call_key, {CALL_COLUMNS} FROM calls WHERE call_id = ?"
 _UPDATE_CALL = (
     "UPDATE calls SET status = ?, outcome = ?, cause = ?, direction = ?, from_number = ?,"
-    " to_number = ?, tag = ?, first_event_at = ?, last_seq = ?, state = ? WHERE call_key = ?"
+    " to_number = ?, tag = ?, first_event_at = ?, last_seq = ?, started_at = ?, answered_at = ?,"
+    " ended_at = ?, state = ? WHERE call_key = ?"
 )
 _UPDATE_CALL_LEAN = (
-    "UPDATE calls SET status = ?, outcome = ?, cause = ?, last_seq = ?, state = ?"
-    " WHERE call_key = ?"
+    "UPDATE calls SET status = ?, outcome = ?, cause = ?, last_seq = ?, started_at = ?,"
+    " answered_at = ?, ended_at = ?, state = ? WHERE call_key = ?"
 )
 # (call_key, state, the row as last committed or None for a call not yet in the table)
 _Call = tuple[int, CallState, tuple[Any, ...] | None]
@@ -189,7 +202,7 @@ class Appender:
             elif row[4:9] == before[4:9]:
                 # SQLite rewrites only the indexes of the columns a statement sets: leave out
                 # those that did not change (direction, numbers, tag, first event time)
-                execute(_UPDATE_CALL_LEAN, (*row[1:4], row[9], row[10], call_key))
+                execute(_UPDATE_CALL_LEAN, (*row[1:4], *row[9:], call_key))
             else:
                 execute(_UPDATE_CALL, (*row[1:], call_key))
             touched[cid] = (call_key, state, row)  # the row as committed, for the cache
