@@ -39,6 +39,7 @@ class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     synchronous: str = "normal"
     busy_timeout_ms: int = 5000
     read_mmap_mb: int = 2048
+    wal_checkpoint_mb: int = 4
 
 
 class Ingest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -111,6 +112,7 @@ def _validate(s: Settings) -> Settings:
         "server.max_header_bytes": s.server.max_header_bytes,
         "server.max_connections": s.server.max_connections,
         "server.keepalive_seconds": s.server.keepalive_seconds,
+        "storage.wal_checkpoint_mb": s.storage.wal_checkpoint_mb,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -146,6 +148,11 @@ def _validate(s: Settings) -> Settings:
                 ) from None
     if bool(s.ingest.username) != bool(s.ingest.password):
         raise ConfigError("ingest.username and ingest.password must be set together")
+    _check_credentials(s)
+    if s.storage.busy_timeout_ms < 0:
+        raise ConfigError(
+            f"storage.busy_timeout_ms must be 0 or more, got {s.storage.busy_timeout_ms}"
+        )
     return s
 
 
@@ -178,6 +185,24 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     return f"{scheme}{sep}{netloc}{slash}{tail}"
+
+
+def _check_credentials(s: Settings) -> None:
+    """Credentials that load but could never be presented: every request would get 401."""
+    if ":" in s.ingest.username:
+        # Basic sends "user:password" and the receiver splits at the first colon
+        raise ConfigError(
+            f"ingest.username must not contain ':' (HTTP Basic splits user and password at the "
+            f"first colon, so no client could send it), got {s.ingest.username!r}"
+        )
+    token = s.query.token
+    if token != token.strip() or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
+        # a header value cannot carry control characters, and its surrounding spaces are not
+        # part of it
+        raise ConfigError(
+            "query.token must not contain control characters or leading or trailing spaces "
+            "(no Authorization header could carry it)"
+        )
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:

@@ -35,7 +35,8 @@ class CallList(msgspec.Struct):
 
 class Timeline(msgspec.Struct):
     callId: str
-    events: list[Any]
+    events: list[EventRow]
+    next: str | None  # the ``after`` of the next page; null on the last page
 
 
 class Kpis(msgspec.Struct):
@@ -226,8 +227,16 @@ def document() -> dict[str, Any]:
         },
         "/calls/{callId}/events": {
             "get": {
-                "summary": "A call's timeline (by event time, untimed last, then seq)",
-                "parameters": [call_id],
+                "summary": "A page of a call's timeline (by event time, untimed last, then seq)",
+                "parameters": [
+                    call_id,
+                    _q(
+                        "after",
+                        "Continue after this place: the next of the previous page (opaque)",
+                        {"type": "string", "pattern": r"^(-?[0-9]{1,19}|u)\.[0-9]{1,19}$"},
+                    ),
+                    _q("limit", "Most events in the page (fewer past 4 MiB of payloads)", _LIMIT),
+                ],
                 "responses": {
                     "200": _json("Timeline", "The events"),
                     **_errors(400, 401, 404, 503),
