@@ -836,6 +836,8 @@ class IngestRun:
     rss_mb: float  # after the run, before stopping
     hwm_mb: float  # peak RSS of the server
     check: dict[str, Any]
+    wal_peak_mb: float = 0.0  # largest -wal file seen during the measured run (sampled)
+    wal_end_mb: float = 0.0  # the -wal file when the measured run ended (before stopping)
 
 
 def count_events(db: Path) -> tuple[int, int]:
@@ -922,9 +924,10 @@ def tracker_ingest_run(
         before = count_events(db)
         if on_running is not None:
             on_running(srv)
-        res = ingest_wrk(
-            srv, bodies, duration, connections=connections, threads=threads, keep_seqs=True
-        )
+        with WalSampler(db) as wal:
+            res = ingest_wrk(
+                srv, bodies, duration, connections=connections, threads=threads, keep_seqs=True
+            )
         rss, hwm = srv.rss_mb(), srv.hwm_mb()
     finally:
         rc = srv.stop()
@@ -932,7 +935,38 @@ def tracker_ingest_run(
     if rc != 0:
         check["ok"] = False
         check["problems"].append(f"tracker serve exited {rc}")
-    return IngestRun(res, srv.ready_s, idle, rss, hwm, check)
+    return IngestRun(res, srv.ready_s, idle, rss, hwm, check, wal.peak_mb, wal.end_mb)
+
+
+class WalSampler:
+    """Samples the size of ``db``'s ``-wal`` file every 50 ms while the block runs."""
+
+    def __init__(self, db: Path) -> None:
+        self.path = Path(f"{db}-wal")
+        self.peak_mb = 0.0
+        self.end_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _size_mb(self) -> float:
+        try:
+            return self.path.stat().st_size / 2**20
+        except FileNotFoundError:
+            return 0.0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_mb = max(self.peak_mb, self._size_mb())
+
+    def __enter__(self) -> WalSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.end_mb = self._size_mb()
+        self.peak_mb = max(self.peak_mb, self.end_mb)
 
 
 def ingest_wrk(

@@ -49,6 +49,7 @@ def main() -> int:
     sides = ["bare", *(f"tracker-{m}" for m in modes)]
     results: dict[str, list[Any]] = {s: [] for s in sides}
     checks: dict[str, list[dict[str, Any]]] = {s: [] for s in sides if s != "bare"}
+    wal: dict[str, list[tuple[float, float]]] = {s: [] for s in sides if s != "bare"}
     for i, side in bc.interleave(sides, args.runs):
         bc.log(f"run {i + 1}/{args.runs}: {side}")
         if side == "bare":
@@ -75,6 +76,7 @@ def main() -> int:
         bc.remove_db(db)
         results[side].append(run.wrk)
         checks[side].append(run.check)
+        wal[side].append((run.wal_peak_mb, run.wal_end_mb))
         if not run.check["ok"]:
             bc.log(f"  CHECK FAILED: {run.check['problems']}")
     load1 = os.getloadavg()
@@ -160,8 +162,20 @@ def main() -> int:
         )
     )
     print()
+    wal_rows = [
+        [
+            side,
+            bc.spread([w[0] for w in ws], "{:.1f}"),
+            bc.spread([w[1] for w in ws], "{:.1f}"),
+        ]
+        for side, ws in wal.items()
+    ]
+    print(bc.table(["-wal file (sampled)", "peak MB", "at the end of the run MB"], wal_rows))
+    print()
     print(f"_{bc.load_note(load0, load1)}_")
-    bc.save_wrk_results("ingest", args, [load0, load1], results, checks=checks, summary=summary)
+    bc.save_wrk_results(
+        "ingest", args, [load0, load1], results, checks=checks, summary=summary, wal=wal
+    )
     return 0 if all_ok else 1
 
 

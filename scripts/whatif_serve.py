@@ -9,6 +9,8 @@
 * ``httponly``: the body is read, nothing is parsed or stored.
 * ``constview``: ``GET /calls/{callId}`` answers the bytes of ``$WHATIF_VIEW_FILE`` for every id,
   without the SQLite lookup and the rendering (scripts/bench_query.py's ceiling).
+* ``plain-http``: everything as usual, but on uvicorn's own httptools protocol, without the
+  limits on request heads and connections of ``tracker/http/protocol.py`` (scripts/attack_heads.py).
 
 Never a way to run the service: it acknowledges events it does not keep. It exists to measure
 how much of the bare app's speed each stage of the real paths leaves (BENCHMARKS.md).
@@ -24,6 +26,7 @@ from typing import Any
 
 import tracker.cli
 import tracker.http.callbacks
+import tracker.http.protocol
 import tracker.http.queries
 import tracker.records
 import tracker.storage.sqlite.database
@@ -32,8 +35,13 @@ import tracker.writer
 
 def main() -> int:
     what, args = sys.argv[1], sys.argv[2:]
-    if what not in ("nostore", "httponly", "constview"):
-        sys.exit(f"unknown what-if {what!r}: nostore, httponly or constview")
+    if what not in ("nostore", "httponly", "constview", "plain-http"):
+        sys.exit(f"unknown what-if {what!r}: nostore, httponly, constview or plain-http")
+    if what == "plain-http":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        tracker.http.protocol.protocol_class = lambda server: HttpToolsProtocol  # type: ignore[assignment,return-value]
+        return tracker.cli.main(args)
     if what == "constview":  # GET /calls/{id}: no lookup, no render; the body of a real call
         view = Path(os.environ["WHATIF_VIEW_FILE"]).read_bytes()
         storage = tracker.storage.sqlite.database.SqliteStorage

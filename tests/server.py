@@ -53,10 +53,11 @@ def run_tracker(
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen[str], url: str, db: Any) -> None:
+    def __init__(self, proc: subprocess.Popen[str], url: str, db: Any, output: list[str]) -> None:
         self.proc = proc
         self.url = url
         self.db = db
+        self.output = output  # every line the server wrote (stdout and stderr), as it arrives
 
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 10.0), **kw)
@@ -110,12 +111,12 @@ def start_server(
         m = LISTENING.search(line)
         if m:
             url = m.group(1)
-            _drain(proc)
+            _drain(proc, seen)
             with httpx.Client(base_url=url, timeout=5.0) as c:
                 while time.monotonic() < deadline:
                     try:
                         if c.get("/healthz").status_code == 200:
-                            return Server(proc, url, db)
+                            return Server(proc, url, db, seen)
                     except httpx.TransportError:
                         pass
                     time.sleep(0.05)
@@ -124,15 +125,15 @@ def start_server(
     raise RuntimeError("tracker serve did not start:\n" + "".join(seen))
 
 
-def _drain(proc: subprocess.Popen[str]) -> None:
-    """Keep reading the server's output so a full pipe never blocks it."""
+def _drain(proc: subprocess.Popen[str], into: list[str]) -> None:
+    """Keep reading the server's output so a full pipe never blocks it; keep it in ``into``."""
     import threading
 
     def pump() -> None:
         assert proc.stdout is not None
         with proc.stdout:  # closed at EOF (the process ended): no unclosed-file warning later
-            for _ in proc.stdout:
-                pass
+            for line in proc.stdout:
+                into.append(line)
 
     threading.Thread(target=pump, daemon=True).start()
 

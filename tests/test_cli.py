@@ -303,10 +303,62 @@ def test_a_call_id_with_quotes_commas_and_a_newline_round_trips_through_csv(
     event_rows = list(csv.DictReader(io.StringIO(events.stdout, newline="")))
     hostile = call_rows[-1]
     assert hostile["callId"] == HOSTILE_ID
-    assert hostile["tag"] == "=SUM(A1)"  # exact data, no formula escaping
+    assert hostile["tag"] == "'=SUM(A1)"  # defused by default (--raw: exact)
     assert hostile["outcome"] == "" and hostile["eventCount"] == "2"
     assert [r["callId"] for r in event_rows][-2:] == [HOSTILE_ID, HOSTILE_ID]
     assert [json.loads(r["payload"]) for r in event_rows] == EVENTS
+
+
+FORMULAS = {
+    '=HYPERLINK("http://evil.example","x")': '\'=HYPERLINK("http://evil.example","x")',
+    "@SUM(A1:A9)": "'@SUM(A1:A9)",
+    "+1+cmd|' /C calc'!A0": "'+1+cmd|' /C calc'!A0",
+    "-2+3": "'-2+3",
+    "\t=1": "'\t=1",
+    "\r=1": "'\r=1",
+    "+13233326955": "+13233326955",
+    "-3.5": "-3.5",
+    "+.5e-3": "+.5e-3",
+    "-": "'-",
+    "+": "'+",
+    "plain = text": "plain = text",
+}
+
+
+def test_csv_export_defuses_formula_cells_but_not_signed_numbers(tmp_path: Path) -> None:
+    events = [
+        v
+        for i, tag in enumerate(FORMULAS)
+        for v in [
+            {
+                "eventType": "incomingcall",
+                "callId": f"c-f{i}",
+                "time": f"2020-01-01T00:00:{i:02d}Z",
+                "from": "+13233326955",
+                "tag": tag,
+            }
+        ]
+    ]
+    events.append({"eventType": "=cmd()", "callId": "@c-evil", "time": "2020-01-01T00:01:00Z"})
+    db = load(tmp_path, events)
+
+    def export(*args: str) -> list[dict[str, str]]:
+        out = tmp_path / "out.csv"  # a file, read with newline="": CR cells stay CR
+        proc = run(tmp_path, "export", *args, "--format", "csv", "-o", str(out), "--db", db.name)
+        assert proc.returncode == 0, proc.stderr
+        with out.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    rows = export("calls")
+    assert [r["tag"] for r in rows[:-1]] == list(FORMULAS.values())
+    assert {r["from"] for r in rows[:-1]} == {"+13233326955"}
+    assert rows[-1]["callId"] == "'@c-evil"
+    last = export("events")[-1]
+    assert (last["eventType"], last["callId"]) == ("'=cmd()", "'@c-evil")
+    assert json.loads(last["payload"])["eventType"] == "=cmd()"  # JSON text: starts with {
+    raw_rows = export("calls", "--raw")
+    assert [r["tag"] for r in raw_rows[:-1]] == list(FORMULAS)
+    assert raw_rows[-1]["callId"] == "@c-evil"
 
 
 def test_export_to_a_file_writes_it_and_leaves_stdout_empty(shared: Target, tmp_path: Path) -> None:
@@ -362,6 +414,24 @@ def test_show_with_events_adds_the_calls_timeline(shared: Target) -> None:
     assert doc["call"]["callId"] == "c-2"
     assert [e["eventType"] for e in doc["events"]] == ["initiate", "disconnect"]
     assert doc["events"][1]["payload"] == CALL_2[1]
+
+
+def test_show_with_events_writes_a_timeline_longer_than_a_page_in_order(tmp_path: Path) -> None:
+    events = [
+        {"eventType": "dtmf", "callId": "c-long", "time": "2024-05-01T10:00:00Z", "d": str(i)}
+        for i in range(1100)  # all tied in time: seq decides, across the 1000-event pages
+    ]
+    events += [{"eventType": "recording", "callId": "c-long", "n": str(i)} for i in range(3)]
+    events.insert(0, {"eventType": "hangup", "callId": "c-long", "time": "2024-05-01T10:00:01Z"})
+    db = load(tmp_path, events)
+    proc = run(tmp_path, "show", "c-long", "--events", "--db", db.name)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["call"]["eventCount"] == 1104
+    payloads = [e["payload"] for e in doc["events"]]
+    assert payloads == [*events[1:1101], events[0], *events[1101:]]
+    assert [e["seq"] for e in doc["events"][:1100]] == list(range(2, 1102))
+    assert proc.stdout.startswith('{\n  "call": {\n    "callId": "c-long",')
 
 
 def test_show_of_an_unknown_call_exits_1_with_a_message(shared: Target) -> None:
@@ -474,6 +544,34 @@ def test_the_config_file_comes_from_tracker_config_when_no_flag_is_given(tmp_pat
     (tmp_path / "c.toml").write_text("[nope]\n")
     proc = run(tmp_path, "show", "c-1", env={"TRACKER_CONFIG": "c.toml"})
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_a_basic_username_with_a_colon_stops_serve_at_start_up_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "c.toml").write_text('[ingest]\nusername = "b:w"\npassword = "pw"\n')
+    proc = run(tmp_path, "serve", "--port", "0", "--config", "c.toml", "--db", "t.db")
+    assert proc.returncode == 2, proc.stderr
+    assert "ingest.username" in proc.stderr and "':'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.parametrize("token", [" secret", "secret ", "sec\nret", "sec\tret"])
+def test_a_query_token_no_header_could_carry_is_a_configuration_error(token: str) -> None:
+    from tracker.config import load_settings
+    from tracker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"query\.token"):
+        load_settings(env={"TRACKER_QUERY_TOKEN": token})
+
+
+def test_a_negative_busy_timeout_is_a_configuration_error() -> None:
+    from tracker.config import load_settings
+    from tracker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"storage\.busy_timeout_ms"):
+        load_settings(env={"TRACKER_STORAGE_BUSY_TIMEOUT_MS": "-1"})
+    assert load_settings(env={"TRACKER_QUERY_TOKEN": "a b:c"}).query.token == "a b:c"
 
 
 def test_storage_path_precedence_is_flag_then_environment_then_file(tmp_path: Path) -> None:

@@ -199,12 +199,20 @@ def test_the_api_records_an_event_and_reads_the_call_back(db_path: Path) -> None
         assert state["status"] == "ended"
         assert state["outcome"] == "busy"
         assert state["eventCount"] == 2
-        events = t.events("c-1")
-        assert events is not None
+        page = t.events("c-1")
+        assert page is not None and page["next"] is None
+        events = page["events"]
         assert [e["eventType"] for e in events] == ["initiate", "disconnect"]
         assert events[0]["payload"] == initiate("c-1")
+        first = t.events("c-1", limit=1)
+        assert first is not None and [e["eventType"] for e in first["events"]] == ["initiate"]
+        rest = t.events("c-1", after=first["next"], limit=1)
+        assert rest is not None and [e["eventType"] for e in rest["events"]] == ["disconnect"]
+        assert rest["next"] is None
+        assert list(t.iter_events("c-1")) == events
         assert t.call("c-unknown") is None
         assert t.events("c-unknown") is None
+        assert list(t.iter_events("c-unknown")) == []
 
 
 def test_the_api_accepts_bytes_a_dict_and_a_list_alike(db_path: Path) -> None:

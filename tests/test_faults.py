@@ -189,7 +189,7 @@ def _raw_post_head(url: str, length: int) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
     sock.sendall(
-        b"POST /callbacks/slow HTTP/1.1\r\nHost: tracker\r\nContent-Type: application/json\r\n"
+        b"POST /callbacks/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % length
     )
     return sock
@@ -354,7 +354,7 @@ def test_an_oversized_body_announced_with_expect_100_continue_is_refused_unsent(
     sock = socket.create_connection((host, int(port)), timeout=10)
     try:
         sock.sendall(
-            b"POST /callbacks HTTP/1.1\r\nHost: tracker\r\nContent-Type: application/json\r\n"
+            b"POST /callbacks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n"
         )
         t0 = time.monotonic()

@@ -34,7 +34,7 @@ from starlette.testclient import TestClient
 
 from tests.server import Server, running, write_config
 from tracker.app import create_app
-from tracker.config import Forward, Settings, Storage
+from tracker.config import Forward, Settings, Storage, load_settings
 from tracker.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -624,3 +624,222 @@ def test_a_forward_url_that_is_not_http_fails_startup_before_storage_is_opened(
     assert app.forwarder is None
     assert app.writer is None
     assert not db.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Hardening: what never reaches the application
+
+
+def raw_request(
+    server: Server,
+    method: str,
+    target: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """One request with ``target`` sent exactly as written (httpx would resolve ``..``)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            conn.putheader(key, value)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+DOT_PATHS = [
+    "/callbacks/../admin",
+    "/callbacks/..",
+    "/callbacks/./x/../../admin",
+    "/callbacks/x/./y",
+    "/callbacks/%2e%2e/admin",
+    "/callbacks/%2E%2e/admin",
+    "/callbacks/.%2e/admin",
+    "/callbacks/..%2Fadmin",
+    "/callbacks/x%2F..%2F..%2Fadmin",
+    "/callbacks/%2e%2e%5cadmin",
+    "/callbacks/%252e%252e/admin",
+    "/callbacks/%2e",
+]
+
+
+def test_a_forwarded_path_with_dot_segments_is_refused_quarantined_and_never_forwarded(
+    tracker: Server, upstream: Upstream
+) -> None:
+    for target in DOT_PATHS:
+        cid = call_id("dots")
+        status, answer = raw_request(tracker, "POST", target, json.dumps(initiate(cid)).encode())
+        assert status == 400, (target, answer)
+        error = json.loads(answer)
+        assert error["error"] == "bad_path", target
+        assert "dot segment" in error["detail"]
+        query = f"eventType=answer&callId={cid}&time=2012-11-14T15%3A55%3A04Z"
+        status, answer = raw_request(tracker, "GET", f"{target}?{query}")
+        assert (status, json.loads(answer)["error"]) == (400, "bad_path"), target
+        assert upstream.seen(cid) == [], target
+        with tracker.client() as c:
+            assert c.get(f"/calls/{cid}").status_code == 404
+            rejects = c.get("/rejects", params={"limit": 1000}).json()["rejects"]
+        mine = [x for x in rejects if cid in x["body"]]
+        assert [x["error"] for x in mine] == ["bad_path", "bad_path"], target
+    with upstream.lock:
+        assert not [r for r in upstream.requests if "admin" in r.path or ".." in r.path]
+
+
+def test_dots_inside_path_segments_are_not_dot_segments(
+    tracker: Server, upstream: Upstream
+) -> None:
+    for target in (
+        "/callbacks/.well-known/x",
+        "/callbacks/a..b/c.d",
+        "/callbacks/...",
+        "/callbacks/x%2E.y",
+    ):
+        cid = call_id("dotted")
+        status, _ = raw_request(tracker, "POST", target, json.dumps(initiate(cid)).encode())
+        assert status == 200, target
+        [seen] = upstream.seen(cid)
+        assert seen.raw_path == b"/hooks" + target.removeprefix("/callbacks").encode()
+
+
+def test_credentials_in_the_forward_url_never_leave_the_process(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    secret = "pa55-w0rd-never-shown"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    down = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    host = upstream.url.removeprefix("http://")
+    cases = [
+        (f"http://app-user:{secret}@127.0.0.1:{down}/app", "/callbacks", 502, "bad_gateway"),
+        (f"http://app-user:{secret}@{host}/hooks", "/callbacks/slow", 504, "gateway_timeout"),
+    ]
+    for i, (url, path, status, code) in enumerate(cases):
+        config = forwarding_config(
+            tmp_path,
+            url,
+            f"creds{i}",
+            forward={"timeout_seconds": 0.5},
+            server={"log_level": "debug", "access_log": True},
+        )
+        cid = call_id("creds")
+        with running(tmp_path / f"t{i}.db", config=config) as server, server.client() as c:
+            r = c.post(path, json=initiate(cid))
+            assert r.status_code == status
+            assert r.json()["error"] == code
+            assert "app-user" not in r.text and secret not in r.text
+            assert "@" not in r.json()["detail"]
+            metrics = c.get("/metrics").text
+            assert c.get(f"/calls/{cid}").status_code == 200
+            server.terminate()
+        assert secret not in metrics and "app-user" not in metrics
+        log = "".join(server.output)
+        assert "tracker: listening" in log
+        assert secret not in log and "app-user" not in log
+    # and the application still gets them, as Basic credentials
+    config = forwarding_config(tmp_path, f"http://app-user:{secret}@{host}/hooks", "creds-ok")
+    cid = call_id("creds")
+    with running(tmp_path / "ok.db", config=config) as server, server.client() as c:
+        assert c.post("/callbacks/x", json=initiate(cid)).status_code == 200
+    [seen] = upstream.seen(cid)
+    assert seen.headers["authorization"] == httpx.BasicAuth("app-user", secret)._auth_header
+    assert seen.path == "/hooks/x"
+
+
+def test_the_query_string_of_the_forward_url_is_kept_before_the_callbacks_own(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    config = forwarding_config(tmp_path, upstream.url + "/hooks?apikey=K%2F1&env=prod", "query")
+    post, get = call_id("q"), call_id("q")
+    query = f"eventType=answer&callId={get}&time=2012-11-14T15%3A55%3A04Z"
+    with running(tmp_path / "t.db", config=config) as server, server.client() as c:
+        assert c.post("/callbacks/v2", json=initiate(post)).status_code == 200
+        assert c.get(f"/callbacks/v1?{query}").status_code == 200
+    [seen] = upstream.seen(post)
+    assert (seen.raw_path, seen.query) == (b"/hooks/v2", b"apikey=K%2F1&env=prod")
+    [seen] = upstream.seen(get)
+    assert (seen.raw_path, seen.query) == (b"/hooks/v1", b"apikey=K%2F1&env=prod&" + query.encode())
+
+
+@pytest.mark.parametrize("url", ["http://app/hooks#part", "http://app/hooks#"])
+def test_a_forward_url_with_a_fragment_is_refused_at_startup(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"forward\.url must not have a #fragment"):
+        load_settings(env={}, overrides={"forward": {"url": url}})
+
+
+def test_a_bad_forward_url_is_named_without_its_credentials() -> None:
+    with pytest.raises(ConfigError, match=r"forward\.url") as caught:
+        load_settings(env={}, overrides={"forward": {"url": "ftp://user:pw-secret@app/x"}})
+    assert "pw-secret" not in str(caught.value) and "user" not in str(caught.value)
+    assert "ftp://***@app/x" in str(caught.value)
+
+
+SPOOFED = {
+    "X-Forwarded-For": "6.6.6.6",
+    "X-Forwarded-Host": "public.example",
+    "X-Forwarded-Proto": "https",
+    "Forwarded": "for=6.6.6.6;proto=https",
+    "X-Real-IP": "6.6.6.6",
+    "X_Forwarded_For": "7.7.7.7",
+    "X_Forwarded_Host": "underscore.example",
+    "x_tracker_seq": "999",
+    "X-Tracker-Duplicate": "maybe",
+    "X_Tracker_Anything": "1",
+    "X-Other": "kept",
+}
+
+
+def test_a_clients_proxy_and_tracker_headers_are_dropped_and_the_peer_is_appended(
+    tracker: Server, upstream: Upstream
+) -> None:
+    cid = call_id("xff")
+    with tracker.client() as c:
+        assert c.post("/callbacks/x", json=initiate(cid), headers=SPOOFED).status_code == 200
+    [seen] = upstream.seen(cid)
+    assert seen.headers["x-forwarded-for"] == "127.0.0.1"  # the real peer, nothing else
+    assert seen.headers["x-forwarded-host"] == tracker.url.removeprefix("http://")
+    assert seen.headers["x-forwarded-proto"] == "http"
+    assert seen.headers["x-other"] == "kept"
+    for name in ("forwarded", "x-real-ip"):
+        assert name not in seen.headers
+    assert not [k for k in seen.headers if "_" in k]
+    assert [k for k in seen.headers if k.startswith("x-tracker")] == [
+        "x-tracker-seq",
+        "x-tracker-duplicate",
+    ]
+    assert seen.headers["x-tracker-duplicate"] == "false"
+
+
+def test_a_trusted_proxys_forwarded_headers_are_kept_and_its_address_appended(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    config = forwarding_config(
+        tmp_path,
+        upstream.url,
+        "trusted",
+        server={"forwarded_allow_ips": ["10.0.0.0/8", "127.0.0.1"]},
+    )
+    cid = call_id("xff")
+    with running(tmp_path / "t.db", config=config) as server, server.client() as c:
+        assert c.post("/callbacks/x", json=initiate(cid), headers=SPOOFED).status_code == 200
+    [seen] = upstream.seen(cid)
+    assert seen.headers["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"
+    assert seen.headers["x-forwarded-host"] == "public.example"
+    assert seen.headers["x-forwarded-proto"] == "https"
+    assert seen.headers["forwarded"] == "for=6.6.6.6;proto=https"
+    assert not [k for k in seen.headers if "_" in k]  # underscore forms never pass
+    assert seen.headers["x-tracker-duplicate"] == "false"
+
+
+def test_forwarded_allow_ips_must_be_addresses_or_networks() -> None:
+    for bad in (["localhost"], ["10.0.0.0/33"], ["*.example"]):
+        with pytest.raises(ConfigError, match=r"server\.forwarded_allow_ips"):
+            load_settings(env={}, overrides={"server": {"forwarded_allow_ips": bad}})
+    ok = load_settings(env={"TRACKER_SERVER_FORWARDED_ALLOW_IPS": "10.0.0.1, ::1,*"})
+    assert ok.server.forwarded_allow_ips == ("10.0.0.1", "::1", "*")

@@ -33,6 +33,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.server import Server, run_tracker, start_server
+from tracker.cli.commands import defuse_formula
 from tracker.events import V1_TYPES, V2_TYPES
 from tracker.state import OUTCOMES
 
@@ -299,24 +300,26 @@ def test_hostile_strings_never_reach_sql_and_match_only_themselves(
 def test_csv_export_round_trips_hostile_strings_through_the_csv_module(
     server: Server, hostile_calls: dict[str, int]
 ) -> None:
-    done = run_cli("export", "calls", "--format", "csv", "--db", str(server.db))
-    assert done.returncode == 0, done.stderr
-    rows = list(csv.DictReader(io.StringIO(done.stdout.decode("utf-8"), newline="")))
-    by_id = {row["callId"]: row for row in rows}
-    for hostile in HOSTILE:
-        row = by_id.get(hostile)
-        assert row is not None, f"{hostile!r} is missing from the CSV export"
-        assert row["cause"] == row["from"] == row["to"] == hostile
-        assert row["status"] == "ended"
+    for raw in (["--raw"], []):  # exact values, and by default formula cells defused
+        shown = (lambda s: s) if raw else defuse_formula
+        done = run_cli("export", "calls", "--format", "csv", *raw, "--db", str(server.db))
+        assert done.returncode == 0, done.stderr
+        rows = list(csv.DictReader(io.StringIO(done.stdout.decode("utf-8"), newline="")))
+        by_id = {row["callId"]: row for row in rows}
+        for hostile in HOSTILE:
+            row = by_id.get(shown(hostile))
+            assert row is not None, f"{hostile!r} is missing from the CSV export"
+            assert row["cause"] == row["from"] == row["to"] == shown(hostile)
+            assert row["status"] == "ended"
 
-    done = run_cli("export", "events", "--format", "csv", "--db", str(server.db))
-    assert done.returncode == 0, done.stderr
-    rows = list(csv.DictReader(io.StringIO(done.stdout.decode("utf-8"), newline="")))
-    by_seq = {int(row["seq"]): row for row in rows}
-    for hostile, seq in hostile_calls.items():
-        row = by_seq[seq]
-        assert row["callId"] == hostile
-        assert json.loads(row["payload"])["tag"] == hostile
+        done = run_cli("export", "events", "--format", "csv", *raw, "--db", str(server.db))
+        assert done.returncode == 0, done.stderr
+        rows = list(csv.DictReader(io.StringIO(done.stdout.decode("utf-8"), newline="")))
+        by_seq = {int(row["seq"]): row for row in rows}
+        for hostile, seq in hostile_calls.items():
+            row = by_seq[seq]
+            assert row["callId"] == shown(hostile)
+            assert json.loads(row["payload"])["tag"] == hostile
 
     done = run_cli("export", "calls", "--format", "ndjson", "--db", str(server.db))
     assert done.returncode == 0, done.stderr

@@ -75,7 +75,12 @@ def test_the_projection_is_readable_after_the_append(storage: Storage) -> None:
     assert (view["status"], view["outcome"], view["eventCount"]) == ("ended", "busy", 3)
     assert storage.call("nobody") is None
     timeline = storage.timeline("c-1")
-    assert timeline is not None and [e.seq for e in timeline] == [1, 2, 3]
+    assert timeline is not None and [e.seq for e in timeline[0]] == [1, 2, 3]
+    assert timeline[1] is None  # the last page
+    first = storage.timeline("c-1", limit=2)
+    assert first is not None and [e.seq for e in first[0]] == [1, 2] and first[1] is not None
+    rest = storage.timeline("c-1", after=first[1], limit=2)
+    assert rest is not None and [e.seq for e in rest[0]] == [3] and rest[1] is None
     assert storage.timeline("nobody") is None
 
 

@@ -34,9 +34,10 @@ def render_row(state: bytes, outcome: str | None) -> bytes:
     return call_json(queries.record(state, outcome))
 
 
-def call_events(conn: sqlite3.Connection, call_id: str) -> list[EventRow] | None:
+def call_events(conn: sqlite3.Connection, call_id: str) -> tuple[list[EventRow], Any] | None:
+    """A page of the timeline as the API shows it, and where the next page starts."""
     found = queries.timeline(conn, call_id)
-    return None if found is None else event_rows(found)
+    return None if found is None else (event_rows(found[0]), found[1])
 
 
 def events_after(conn: sqlite3.Connection, after: int, limit: int) -> list[EventRow]:
@@ -688,8 +689,10 @@ def test_call_events_are_ordered_by_event_time_untimed_last_then_seq(store):
             entry(v1("answer", "c-2", 5)),  # another call
         ]
     )
-    rows = call_events(store.conn, "c-1")
-    assert rows is not None
+    found = call_events(store.conn, "c-1")
+    assert found is not None
+    rows, nxt = found
+    assert nxt is None
     assert [(r.seq, r.eventType) for r in rows] == [
         (3, "incomingcall"),
         (4, "speak"),

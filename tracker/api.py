@@ -7,7 +7,8 @@
     with Tracker.open("data/tracker.db") as t:
         t.ingest({"eventType": "initiate", "callId": "c-1", ...})   # -> [Appended(seq, duplicate)]
         t.call("c-1")           # the call's state, as GET /calls/{callId} shows it, or None
-        t.events("c-1")         # its timeline, as GET /calls/{callId}/events shows it, or None
+        t.events("c-1")         # a page of its timeline, as GET /calls/{callId}/events, or None
+        t.iter_events("c-1")    # every event of its timeline, a page at a time
         t.replay(check=True)    # drift between the projection and the log ([] when none)
 
 ``ingest`` goes through the server's code paths (:func:`tracker.ingest.parse_entries`,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,7 +33,7 @@ import msgspec
 from tracker.config import Settings
 from tracker.errors import StorageUnavailable, TrackerError
 from tracker.ingest import check_size, parse_entries, quarantine
-from tracker.records import Appended, Drift
+from tracker.records import Appended, Drift, format_place, parse_place
 from tracker.render import call_json, event_rows
 from tracker.storage import Storage, StorageError, open_storage
 
@@ -111,14 +113,41 @@ class Tracker:
         view: dict[str, Any] = msgspec.json.decode(call_json(found))
         return view
 
-    def events(self, call_id: str) -> list[dict[str, Any]] | None:
-        """The call's timeline (``GET /calls/{callId}/events``'s ``events``), or ``None``."""
+    def events(
+        self, call_id: str, *, after: str | None = None, limit: int = 100
+    ) -> dict[str, Any] | None:
+        """A page of the call's timeline, as ``GET /calls/{callId}/events?after=&limit=`` gives
+        it (``{"callId", "events", "next"}``; pass ``next`` as ``after`` for the next page,
+        ``None`` on the last), or ``None`` for an unknown call. ``ValueError`` for a bad
+        ``after`` or a ``limit`` outside 1-1000."""
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
+        place = None if after is None else parse_place(after)
         with self._lock:
-            rows = self._open_store().timeline(call_id)
-        if rows is None:
+            found = self._open_store().timeline(call_id, after=place, limit=limit)
+        if found is None:
             return None
-        out: list[dict[str, Any]] = msgspec.json.decode(_encode(event_rows(rows)))
+        rows, nxt = found
+        page = {
+            "callId": call_id,
+            "events": event_rows(rows),
+            "next": None if nxt is None else format_place(nxt),
+        }
+        out: dict[str, Any] = msgspec.json.decode(_encode(page))
         return out
+
+    def iter_events(self, call_id: str) -> Iterator[dict[str, Any]]:
+        """Every event of the call's timeline in its order (none for an unknown call), read a
+        page at a time, so a long timeline is never held whole."""
+        after: str | None = None
+        while True:
+            page = self.events(call_id, after=after, limit=1000)
+            if page is None:
+                return
+            yield from page["events"]
+            after = page["next"]
+            if after is None:
+                return
 
     def replay(self, check: bool = False) -> list[Drift]:
         """Rebuild the projection from the log (``tracker replay``); with ``check``, only compare

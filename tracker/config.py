@@ -5,6 +5,7 @@ Decoded into frozen msgspec Structs that forbid unknown keys, so a typo is an er
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import warnings
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from tracker.errors import ConfigError
+from tracker.guards import LOOPBACK_HOSTS, is_loopback
 from tracker.state import OUTCOMES
 
 
@@ -24,6 +26,12 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 8080
     log_level: str = "warning"
     access_log: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    forwarded_allow_ips: tuple[str, ...] = ()
+    header_timeout_seconds: float = 10.0
+    max_header_bytes: int = 32_768
+    max_connections: int = 1000
+    keepalive_seconds: float = 5.0
 
 
 class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -32,6 +40,7 @@ class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     synchronous: str = "normal"
     busy_timeout_ms: int = 5000
     read_mmap_mb: int = 2048
+    wal_checkpoint_mb: int = 4
 
 
 class Ingest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -108,6 +117,11 @@ def _validate(s: Settings) -> Settings:
         "forward.timeout_seconds": s.forward.timeout_seconds,
         "forward.max_connections": s.forward.max_connections,
         "ingest.body_timeout_seconds": s.ingest.body_timeout_seconds,
+        "server.header_timeout_seconds": s.server.header_timeout_seconds,
+        "server.max_header_bytes": s.server.max_header_bytes,
+        "server.max_connections": s.server.max_connections,
+        "server.keepalive_seconds": s.server.keepalive_seconds,
+        "storage.wal_checkpoint_mb": s.storage.wal_checkpoint_mb,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -130,11 +144,78 @@ def _validate(s: Settings) -> Settings:
         parts = urlsplit(s.forward.url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(
-                f"forward.url must be an http:// or https:// URL, got {s.forward.url!r}"
+                f"forward.url must be an http:// or https:// URL, got {redact_url(s.forward.url)!r}"
             )
+        if parts.fragment or s.forward.url.endswith("#"):
+            raise ConfigError(
+                "forward.url must not have a #fragment (it is never sent to the application)"
+            )
+    for item in s.server.forwarded_allow_ips:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    "server.forwarded_allow_ips takes IP addresses, networks (10.0.0.0/8) or "
+                    f'"*", got {item!r}'
+                ) from None
     if bool(s.ingest.username) != bool(s.ingest.password):
         raise ConfigError("ingest.username and ingest.password must be set together")
+    _check_credentials(s)
+    if s.storage.busy_timeout_ms < 0:
+        raise ConfigError(
+            f"storage.busy_timeout_ms must be 0 or more, got {s.storage.busy_timeout_ms}"
+        )
     return s
+
+
+#: Keys whose value is a list: in an environment variable, comma-separated.
+LIST_KEYS: dict[str, tuple[str, ...]] = {"server": ("allowed_hosts", "forwarded_allow_ips")}
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def serving(settings: Settings) -> Settings:
+    """The settings ``tracker serve`` runs with: an unset ``server.allowed_hosts`` becomes the
+    loopback names when the server listens on a loopback address, and any host otherwise."""
+    server = settings.server
+    if server.allowed_hosts:
+        return settings
+    hosts = LOOPBACK_HOSTS if is_loopback(server.host) else ("*",)
+    return msgspec.structs.replace(
+        settings, server=msgspec.structs.replace(server, allowed_hosts=hosts)
+    )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (for messages)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{netloc}{slash}{tail}"
+
+
+def _check_credentials(s: Settings) -> None:
+    """Credentials that load but could never be presented: every request would get 401."""
+    if ":" in s.ingest.username:
+        # Basic sends "user:password" and the receiver splits at the first colon
+        raise ConfigError(
+            f"ingest.username must not contain ':' (HTTP Basic splits user and password at the "
+            f"first colon, so no client could send it), got {s.ingest.username!r}"
+        )
+    token = s.query.token
+    if token != token.strip() or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
+        # a header value cannot carry control characters, and its surrounding spaces are not
+        # part of it
+        raise ConfigError(
+            "query.token must not contain control characters or leading or trailing spaces "
+            "(no Authorization header could carry it)"
+        )
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -160,7 +241,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             if rest.startswith(prefix):
                 key = rest[len(prefix) :].lower()
                 if key in struct.__struct_fields__:
-                    out.setdefault(section, {})[key] = value
+                    out.setdefault(section, {})[key] = (
+                        _split(value) if key in LIST_KEYS.get(section, ()) else value
+                    )
                     break
         else:
             warnings.warn(f"ignoring unknown environment variable {name}", stacklevel=2)

@@ -32,12 +32,30 @@ class BadParameter(TrackerError):
     status, code = 400, "bad_parameter"
 
 
+class BadPath(TrackerError):
+    """400: a ``/callbacks`` sub-path with ``.``/``..`` segments (plain or percent-encoded)."""
+
+    status, code = 400, "bad_path"
+
+
+class HostNotAllowed(TrackerError):
+    """400: the ``Host`` header names no host in ``server.allowed_hosts``."""
+
+    status, code = 400, "host_not_allowed"
+
+
 class Unauthorized(TrackerError):
     status, code = 401, "unauthorized"
 
     def __init__(self, detail: str, challenge: str = 'Basic realm="tracker"') -> None:
         super().__init__(detail)
         self.challenge = challenge  # the WWW-Authenticate header to send
+
+
+class CrossSite(TrackerError):
+    """403: a web page of another site sent a callback (a browser's cross-site request)."""
+
+    status, code = 403, "cross_site"
 
 
 class NotFound(TrackerError):
@@ -56,6 +74,12 @@ class TooLarge(TrackerError):
     status, code = 413, "too_large"
 
 
+class HeadersTooLarge(TrackerError):
+    """431: the request line and headers exceed ``server.max_header_bytes``."""
+
+    status, code = 431, "headers_too_large"
+
+
 class UnsupportedMediaType(TrackerError):
     status, code = 415, "unsupported_media_type"
 
@@ -70,6 +94,12 @@ class StorageUnavailable(TrackerError):
     """503: the database cannot commit (full disk, read-only or locked file, I/O error)."""
 
     status, code = 503, "unavailable"
+
+
+class TooManyConnections(TrackerError):
+    """503: a new connection beyond ``server.max_connections``."""
+
+    status, code = 503, "too_many_connections"
 
 
 class BadGateway(TrackerError):
@@ -87,9 +117,13 @@ class ConfigError(Exception):
 __all__ = [
     "BadGateway",
     "BadParameter",
+    "BadPath",
     "ConfigError",
+    "CrossSite",
     "EventRejected",
     "GatewayTimeout",
+    "HeadersTooLarge",
+    "HostNotAllowed",
     "InvalidEvent",
     "InvalidJson",
     "MethodNotAllowed",
@@ -97,6 +131,7 @@ __all__ = [
     "RequestTimeout",
     "StorageUnavailable",
     "TooLarge",
+    "TooManyConnections",
     "TrackerError",
     "Unauthorized",
     "UnsupportedMediaType",

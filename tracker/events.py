@@ -369,6 +369,24 @@ def _describe(err: msgspec.ValidationError, event_type: str) -> str:
     return f"invalid {event_type} event: {base}"
 
 
+NUMBER_FIELDS: Final = ("from", "to")
+_EATEN_PLUS = re.compile(r" [0-9]+")
+
+
+def restore_plus(fields: dict[str, str]) -> dict[str, str]:
+    """Form and query-string fields with ``from``/``to`` read as the E.164 numbers they were.
+
+    Bandwidth's v1 GET-mode example sends ``to=+19192223333`` unencoded, and form decoding
+    reads that ``+`` as a space. A ``from`` or ``to`` that is a space followed only by digits
+    can be nothing else, so it gets its ``+`` back (so it also dedupes against a JSON POST)."""
+    fixed = {
+        k: "+" + v[1:]
+        for k in NUMBER_FIELDS
+        if (v := fields.get(k)) is not None and _EATEN_PLUS.fullmatch(v)
+    }
+    return {**fields, **fixed} if fixed else fields
+
+
 def content_key(obj: Any) -> tuple[bytes, bytes]:
     """Canonical JSON (sorted keys, no whitespace) and its 16-byte blake2b digest."""
     canonical = _encoder.encode(obj)

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from tracker.errors import EventRejected, InvalidJson, TooLarge, TrackerError, UnsupportedMediaType
-from tracker.events import Decoded, InvalidEvent, decode_object, parse_json
+from tracker.events import Decoded, InvalidEvent, decode_object, parse_json, restore_plus
 from tracker.records import Entry, Reject, now_ms
 from tracker.state import fact_of
 
@@ -91,7 +91,7 @@ def _parse_entries(body: bytes, kind: str, max_batch: int) -> tuple[list[Entry],
             what = "query string" if kind == "query" else "form body"
             raise InvalidJson(f"the {what} is not valid UTF-8 percent-encoding")
         try:
-            decoded = decode_object(fields, lenient=True)
+            decoded = decode_object(restore_plus(fields), lenient=True)
         except InvalidEvent as err:
             raise EventRejected(str(err)) from None
         return [make_entry(decoded, body, kind, now)], False

@@ -6,8 +6,14 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
 
+from tracker.events import V1_TYPES, V2_TYPES
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+# Label values of tracker_events_ingested_total: the types Bandwidth documents, and "other" for
+# every type it does not (a client may send any string, and each label value lives for ever)
+EVENT_TYPE_LABELS = V1_TYPES | V2_TYPES
+OTHER = "other"
 
 
 class Histogram:
@@ -56,9 +62,15 @@ class Metrics:
         self.ingest_seconds = Histogram(LATENCY_BUCKETS)
         self.forward_seconds = Histogram(LATENCY_BUCKETS)
 
+    def count_ingested(self, event_type: str) -> None:
+        self.ingested[event_type if event_type in EVENT_TYPE_LABELS else OTHER] += 1
+
     def render(self, last_seq: int, sse_clients: int) -> str:
         out = [
-            "# HELP tracker_events_ingested_total Distinct events appended to the log, by type.",
+            (
+                "# HELP tracker_events_ingested_total Distinct events appended to the log, by "
+                'type (types Bandwidth does not document count as "other").'
+            ),
             "# TYPE tracker_events_ingested_total counter",
         ]
         for et, n in sorted(self.ingested.items()):

@@ -1,4 +1,5 @@
-"""The OpenAPI 3 document of every route, built from the code (schemas come from the Structs)."""
+"""The OpenAPI 3.1 document of every route in :data:`tracker.routes.ROUTES` (schemas come from
+the Structs, as JSON Schema 2020-12, which is what OpenAPI 3.1 uses)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import msgspec
 
 from tracker.render import CallView, EventRow, RejectRow
+from tracker.routes import ROUTES
 from tracker.state import OUTCOMES
 
 
@@ -33,7 +35,8 @@ class CallList(msgspec.Struct):
 
 class Timeline(msgspec.Struct):
     callId: str
-    events: list[Any]
+    events: list[EventRow]
+    next: str | None  # the ``after`` of the next page; null on the last page
 
 
 class Kpis(msgspec.Struct):
@@ -103,8 +106,9 @@ def _json(name: str, description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
-        400: "Bad parameter or body (the detail names it)",
+        400: "Bad parameter, body, path or Host (the detail names it)",
         401: "Missing or wrong credentials",
+        403: "A browser's cross-site request",
         404: "Not found",
         405: "Method not allowed",
         408: "The body did not arrive in time",
@@ -131,6 +135,15 @@ _SEQ = {"type": "integer", "minimum": 0}
 _LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
 
 
+def _check(paths: dict[str, Any]) -> None:
+    """The document describes exactly :data:`tracker.routes.ROUTES`, path for path and method
+    for method: a route added or removed on one side only fails here, at start-up."""
+    served = {r.path: {m.lower() for m in r.methods} for r in ROUTES}
+    documented = {path: set(ops) for path, ops in paths.items()}
+    if served != documented:
+        raise RuntimeError(f"/openapi.json differs from the routes: {served} != {documented}")
+
+
 def document() -> dict[str, Any]:
     ingest_body = {
         "required": False,
@@ -146,7 +159,7 @@ def document() -> dict[str, Any]:
                 "application/json": {"schema": {"oneOf": [_ref("Appended"), _ref("BatchAppended")]}}
             },
         },
-        **_errors(400, 401, 405, 408, 413, 415, 422, 503),
+        **_errors(400, 401, 403, 405, 408, 413, 415, 422, 503),
     }
     post = {
         "summary": "Receive a Bandwidth callback (one event, or an array for backfill)",
@@ -214,8 +227,16 @@ def document() -> dict[str, Any]:
         },
         "/calls/{callId}/events": {
             "get": {
-                "summary": "A call's timeline (by event time, untimed last, then seq)",
-                "parameters": [call_id],
+                "summary": "A page of a call's timeline (by event time, untimed last, then seq)",
+                "parameters": [
+                    call_id,
+                    _q(
+                        "after",
+                        "Continue after this place: the next of the previous page (opaque)",
+                        {"type": "string", "pattern": r"^(-?[0-9]{1,19}|u)\.[0-9]{1,19}$"},
+                    ),
+                    _q("limit", "Most events in the page (fewer past 4 MiB of payloads)", _LIMIT),
+                ],
                 "responses": {
                     "200": _json("Timeline", "The events"),
                     **_errors(400, 401, 404, 503),
@@ -307,7 +328,7 @@ def document() -> dict[str, Any]:
         "/openapi.json": {
             "get": {
                 "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3"}, **_errors(401)},
+                "responses": {"200": {"description": "OpenAPI 3.1"}, **_errors(401)},
             }
         },
         "/": {
@@ -352,8 +373,9 @@ def document() -> dict[str, Any]:
             }
         },
     }
+    _check(paths)
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "tracker",
             "version": "0.1.0",

@@ -4,7 +4,9 @@ back. Plain data (NamedTuples on the hot path), no I/O: any backend speaks in th
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -108,6 +110,51 @@ class Counts(NamedTuple):
     by_outcome: dict[str, int]
     by_cause: dict[str, int]
     kpis: Kpis
+
+
+#: A place in a call's timeline: (event time in ms, or ``None`` for the untimed events, seq).
+#: The timeline's order is by event time, untimed last, then seq; a page continues after a place.
+TimelinePlace = tuple[int | None, int]
+#: A page of a timeline and the place the next one starts after (``None``: the end).
+TimelinePage = tuple[list[LoggedEvent], TimelinePlace | None]
+#: A timeline page stops before this many payload bytes (with at least one event).
+TIMELINE_PAGE_BYTES: Final = 4 << 20
+_PLACE = re.compile(r"(-?[0-9]{1,19}|u)\.([0-9]{1,19})")
+_INT64: Final = (1 << 63) - 1
+
+
+def format_place(place: TimelinePlace) -> str:
+    """A place as cursor text: ``<event time ms>.<seq>``, or ``u.<seq>`` when untimed."""
+    at, seq = place
+    return f"{'u' if at is None else at}.{seq}"
+
+
+def parse_place(text: str) -> TimelinePlace:
+    """The place a cursor names; ``ValueError`` for anything :func:`format_place` cannot give."""
+    m = _PLACE.fullmatch(text)
+    if m is None:
+        raise ValueError(text)
+    at = None if m[1] == "u" else int(m[1])
+    seq = int(m[2])
+    if (at is not None and not -_INT64 - 1 <= at <= _INT64) or not 0 <= seq <= _INT64:
+        raise ValueError(text)
+    return at, seq
+
+
+def iter_timeline(
+    page: Callable[[TimelinePlace | None], tuple[list[LoggedEvent], TimelinePlace | None] | None],
+) -> Iterator[LoggedEvent]:
+    """Every event of a timeline, in its order, from its pages (``page(after)``, as a storage's
+    or a snapshot's ``timeline``): bounded memory however long the call."""
+    after: TimelinePlace | None = None
+    while True:
+        found = page(after)
+        if found is None:
+            return
+        events, after = found
+        yield from events
+        if after is None:
+            return
 
 
 #: One call whose projection differs from its log: its id and each differing field as

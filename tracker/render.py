@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from tracker.events import format_time
+from tracker.events import format_time, restore_plus
 from tracker.records import CallRecord, Counts, LoggedEvent, StoredReject
 from tracker.state import CallState, direction_of, outcome_for, status_of
 
@@ -148,8 +148,9 @@ class RejectRow(msgspec.Struct, frozen=True):
 
 
 def form_fields(body: bytes) -> dict[str, str]:
-    """A form-encoded or query-string body as string fields (the last of repeated keys wins)."""
-    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    """A form-encoded or query-string body as string fields (the last of repeated keys wins),
+    ``from``/``to`` read as on ingest (:func:`tracker.events.restore_plus`)."""
+    return restore_plus(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
 
 
 def payload_of(fmt: str, body: bytes) -> Any:

@@ -32,6 +32,7 @@ class _Job:
 
 
 _STOP = object()
+_UPKEEP = object()  # the storage asks for the writer's turn (start_maintenance's ``ask``)
 
 
 class Writer:
@@ -59,11 +60,21 @@ class Writer:
             self.last_seq = 0
         self.healthy = True
         self.last_error: str | None = None
+        self._asked = threading.Event()  # an _UPKEEP is on the queue
 
     def start(self) -> None:
-        self.store.start_maintenance()
+        self.store.start_maintenance(self._ask_upkeep)
         self._thread = threading.Thread(target=self._run, name="tracker-writer", daemon=True)
         self._thread.start()
+
+    def _ask_upkeep(self) -> None:
+        if not self._asked.is_set():
+            self._asked.set()
+            self._queue.put(_UPKEEP)
+
+    def _upkeep(self, *, asked: bool = False) -> None:
+        with contextlib.suppress(Exception):  # upkeep never stops the writer
+            self.store.upkeep(asked=asked)
 
     async def submit(
         self, entries: Sequence[Entry], rejects: Sequence[Reject] = ()
@@ -91,6 +102,10 @@ class Writer:
             item = q.get()
             if item is _STOP:
                 break
+            if item is _UPKEEP:
+                self._asked.clear()
+                self._upkeep(asked=True)
+                continue
             jobs: list[_Job] = [item]
             n = len(item.entries) + len(item.rejects)
             while n < self.max_events:
@@ -101,9 +116,13 @@ class Writer:
                 if nxt is _STOP:
                     stopping = True
                     break
+                if nxt is _UPKEEP:
+                    self._asked.clear()  # the upkeep after this commit does it
+                    continue
                 jobs.append(nxt)
                 n += len(nxt.entries) + len(nxt.rejects)
             self._commit(jobs)
+            self._upkeep()  # between two group commits, after this one's answers went out
 
     def _commit(self, jobs: list[_Job]) -> None:
         groups = [j.entries for j in jobs]

@@ -30,8 +30,10 @@ __all__ = ["build_parser", "main"]
 
 CSV_NOTE = (
     "CSV columns are the JSON field names, in order. null is an empty cell; a call's anomalies "
-    "are joined with ';'; an event's payload is its JSON text. Values are exact (no formula "
-    "escaping): quotes, commas and newlines are quoted as RFC 4180 says."
+    "are joined with ';'; an event's payload is its JSON text; quotes, commas and newlines are "
+    "quoted as RFC 4180 says. A cell starting with =, @, +, -, tab or CR gets a leading ' so "
+    "that a spreadsheet does not run it as a formula (OWASP), except a signed number such as "
+    "+13233326955 or -3.5; --raw writes every value exactly."
 )
 
 
@@ -106,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["calls", "events"], help="what to export")
     p.add_argument("--format", choices=["ndjson", "csv"], default="ndjson", help="default ndjson")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default stdout)")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="CSV: write every value exactly, without the leading ' on formula-like cells",
+    )
 
     p = command(
         "show",

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import csv
 import io
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -201,7 +202,21 @@ def _cell(value: Any) -> str:
     return to_json(value)
 
 
-def _export_calls(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress) -> int:
+# OWASP's CSV injection advice: a cell a spreadsheet would read as a formula gets a leading "'".
+# A "+" or "-" that only signs a number is left alone, as Oracle APEX does, so E.164 numbers such
+# as +13233326955 and negative amounts stay as they are.
+_FORMULA_STARTS = ("=", "@", "+", "-", "\t", "\r")
+_SIGNED_NUMBER = re.compile(r"[+-](?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def defuse_formula(cell: str) -> str:
+    """``cell`` with a leading ``'`` when a spreadsheet would run it as a formula."""
+    if cell.startswith(_FORMULA_STARTS) and not _SIGNED_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+def _export_calls(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress, raw: bool) -> int:
     from tracker.render import CallView, call_json
 
     n = 0
@@ -213,7 +228,7 @@ def _export_calls(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress) 
         return n
     columns = [f.encode_name for f in msgspec.structs.fields(CallView)]
     decode = msgspec.json.Decoder(dict[str, Any]).decode
-    with _csv_writer(out) as writer:
+    with _csv_writer(out, raw) as writer:
         writer.writerow(columns)
         for n, v in enumerate(map(call_json, snap.calls()), 1):
             view = decode(v)
@@ -223,7 +238,7 @@ def _export_calls(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress) 
     return n
 
 
-def _export_events(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress) -> int:
+def _export_events(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress, raw: bool) -> int:
     from tracker.render import EventRow, event_row, one_line
 
     n = 0
@@ -235,7 +250,7 @@ def _export_events(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress)
                 progress(n)
         return n
     columns = [f.encode_name for f in msgspec.structs.fields(EventRow)]
-    with _csv_writer(out) as writer:
+    with _csv_writer(out, raw) as writer:
         writer.writerow(columns)
         for n, e in enumerate(snap.events(), 1):
             r = one_line(event_row(e))
@@ -254,11 +269,22 @@ def _export_events(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress)
     return n
 
 
+class _DefusedWriter:
+    """A csv writer whose cells go through :func:`defuse_formula` first."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def writerow(self, row: list[str]) -> None:
+        self._writer.writerow([defuse_formula(cell) for cell in row])
+
+
 @contextlib.contextmanager
-def _csv_writer(out: IO[bytes]) -> Iterator[Any]:
+def _csv_writer(out: IO[bytes], raw: bool) -> Iterator[Any]:
     text = io.TextIOWrapper(out, encoding="utf-8", errors="replace", newline="")
     try:
-        yield csv.writer(text, quoting=csv.QUOTE_MINIMAL)
+        writer = csv.writer(text, quoting=csv.QUOTE_MINIMAL)
+        yield writer if raw else _DefusedWriter(writer)
         text.flush()
     finally:
         text.detach()  # leave ``out`` open: it is stdout, or the caller closes it
@@ -271,7 +297,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = storage_of(settings, read_only=True)
     try:
         with store.snapshot() as snap, output(args.output) as out:
-            n = run(snap, out, args.format, progress)
+            n = run(snap, out, args.format, progress, args.raw)
     finally:
         progress.done()
         store.close()
@@ -284,25 +310,43 @@ def cmd_export(args: argparse.Namespace) -> int:
 # show
 
 
+def _indented(doc: bytes, by: bytes) -> bytes:
+    """``doc`` as indented JSON, every line after the first shifted right by ``by``."""
+    return msgspec.json.format(doc, indent=2).replace(b"\n", b"\n" + by)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    from tracker.render import call_json, event_rows
+    from tracker.records import iter_timeline
+    from tracker.render import call_json, event_row
     from tracker.storage import describe
 
     settings = settings_of(args)
+    out = sys.stdout.buffer
     store = storage_of(settings, read_only=True)
     try:
         with store.snapshot() as snap:
             found = snap.call(args.call_id)
             if found is None:
                 raise CliError(f"no call {to_json(args.call_id)} in {describe(settings)}")
-            view = doc = call_json(found)
-            if args.events:
-                rows = event_rows(snap.timeline(args.call_id) or [])
-                doc = b'{"call":' + view + b',"events":' + msgspec.json.encode(rows) + b"}"
+            view = call_json(found)
+            if not args.events:
+                out.write(msgspec.json.format(view, indent=2) + b"\n")
+            else:
+                # {"call": STATE, "events": [...]}, the timeline written an event at a time from
+                # pages of it: a call with many large events is never held whole
+                encode = msgspec.json.Encoder().encode
+                out.write(b'{\n  "call": ' + _indented(view, b"  ") + b',\n  "events": [')
+                sep = b"\n    "
+                pages = iter_timeline(
+                    lambda after: snap.timeline(args.call_id, after=after, limit=1000)
+                )
+                for e in pages:
+                    out.write(sep + _indented(encode(event_row(e)), b"    "))
+                    sep = b",\n    "
+                out.write(b"\n  ]\n}\n" if sep != b"\n    " else b"]\n}\n")
     finally:
         store.close()
-    sys.stdout.buffer.write(msgspec.json.format(doc, indent=2) + b"\n")
-    sys.stdout.buffer.flush()
+    out.flush()
     return EXIT_OK
 
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
     import uvicorn
 
+    from tracker.config import Settings
+
 GC_THRESHOLDS: Final = (20_000, 20, 1_000)  # gc.set_threshold for `tracker serve`
 GRACEFUL_SHUTDOWN_SECONDS: Final = 5  # then open connections (SSE streams) are cancelled
 
@@ -64,6 +66,25 @@ def _make_server(config: uvicorn.Config, db: str) -> uvicorn.Server:
     return Server(config)
 
 
+def _open_files_for(settings: Settings) -> None:
+    """Raise the soft open-file limit to the hard one (as Go and nginx do), and warn when
+    ``server.max_connections`` still does not fit: beyond the limit ``accept`` fails, and a
+    valid callback is reset instead of answered."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = settings.server.max_connections + settings.forward.max_connections + 64
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        say(
+            f"warning: server.max_connections ({settings.server.max_connections}) does not fit "
+            f"in the open-file limit ({soft}, ulimit -n): lower it or raise the limit"
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_of(args, host=args.host, port=args.port)
     import uvicorn
@@ -76,8 +97,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if not settings.storage.url and Path(settings.storage.path).is_dir():
         raise CliError(f"storage.path {settings.storage.path} is a directory", EXIT_USAGE)
+    from tracker.config import serving
     from tracker.http import create_app
+    from tracker.http.protocol import protocol_class
 
+    settings = serving(settings)
+    _open_files_for(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -87,7 +112,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=settings.server.access_log,
         lifespan="on",
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(settings.server),  # httptools, with limits on heads and connections
+        timeout_keep_alive=settings.server.keepalive_seconds,  # type: ignore[arg-type]
+        # The app reads the peer itself (server.forwarded_allow_ips): uvicorn's middleware would
+        # replace it with what X-Forwarded-For says, and trusts loopback peers by default.
+        proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     from tracker.storage import describe

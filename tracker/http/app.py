@@ -25,12 +25,14 @@ from starlette.routing import Route
 
 from tracker.config import Settings
 from tracker.errors import (
+    HostNotAllowed,
     MethodNotAllowed,
     NotFound,
     StorageUnavailable,
     TrackerError,
     Unauthorized,
 )
+from tracker.guards import HostCheck
 from tracker.http.asgi import (
     Receive,
     Scope,
@@ -48,11 +50,14 @@ from tracker.http.stream import LiveStream
 from tracker.metrics import Metrics
 from tracker.openapi import document
 from tracker.records import Appended
+from tracker.routes import ROUTES
 from tracker.storage import Storage, open_storage
 from tracker.writer import Writer
 
 _json = msgspec.json.Encoder()
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# what follows may hold %2F: a /callbacks sub-path, a call id (API and dashboard)
+_RAW_PREFIXES = (b"/callbacks/", b"/calls/", b"/ui/calls/")
 
 __all__ = ["TrackerApp", "create_app", "raw_route_path", "route_path"]
 
@@ -71,20 +76,14 @@ class TrackerApp:
         self.live = LiveStream(self.queries)
         self._sweeper: asyncio.Task[None] | None = None
         self._token = settings.query.token.encode() if settings.query.token else None
+        hosts = HostCheck(settings.server.allowed_hosts)
+        # None: any host (allowed_hosts unset, as when embedded, or "*")
+        self._hosts = None if hosts.any or not settings.server.allowed_hosts else hosts
         self.dashboard = Dashboard(self._token, self.metrics)
-        q = self.queries
         routes = [
-            Route("/calls", q.list_calls),
-            Route("/stats", q.stats),
-            Route("/stats/series", q.series),
-            Route("/events", q.events),
-            Route("/events/stream", self.live.stream),
-            Route("/rejects", q.rejects),
-            Route("/healthz", self.healthz),
-            Route("/readyz", self.readyz),
-            Route("/metrics", self.metrics_route),
-            Route("/openapi.json", self.openapi),
-            *self.dashboard.routes(),
+            Route(r.served or r.path, self._handler(r.handler), methods=list(r.methods))
+            for r in ROUTES
+            if not r.raw
         ]
         self.starlette = Starlette(
             routes=routes,
@@ -95,7 +94,16 @@ class TrackerApp:
                 Exception: self._handle_crash,
             },
         )
+        # /events/ is no route: Starlette would redirect it to /events, to an absolute URL
+        # built from the Host header
+        self.starlette.router.redirect_slashes = False
         self._openapi = _json.encode(document())
+
+    def _handler(self, name: str) -> Any:
+        obj: Any = self
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -104,7 +112,9 @@ class TrackerApp:
         if self.settings.forward.url:  # first: a bad forward.url fails before anything is opened
             from tracker.http.forward import Forwarder  # only when forwarding is configured
 
-            self.forwarder = Forwarder(self.settings.forward, self.metrics)
+            self.forwarder = Forwarder(
+                self.settings.forward, self.metrics, self.settings.server.forwarded_allow_ips
+            )
         try:
             storage = open_storage(self.settings, deferred=True)
         except BaseException:
@@ -184,7 +194,7 @@ class TrackerApp:
                 if r.duplicate:
                     m.duplicates += 1
                 else:
-                    m.ingested[e.event_type] += 1
+                    m.count_ingested(e.event_type)
         m.batch_events.observe(n)
         m.commit_seconds.observe(elapsed)
         self.live.notify()
@@ -200,8 +210,15 @@ class TrackerApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self._hosts is not None and not self._hosts.allows(header(scope, b"host")):
+                await send_error(send, _host_refused(header(scope, b"host")))
+                return
             path = route_path(scope)
-            if path == "/callbacks" or path.startswith("/callbacks/"):
+            # Routes are read from the raw path: an encoded slash (%2F) is part of a segment,
+            # never a separator, so it may appear only in a call id or a /callbacks sub-path.
+            raw = raw_route_path(scope) if b"%" in scope.get("raw_path", b"") else b""
+            slashed = not raw.startswith(_RAW_PREFIXES) and b"%2f" in raw.lower()
+            if (path == "/callbacks" or path.startswith("/callbacks/")) and not slashed:
                 await self.callbacks(scope, receive, send, path)
                 return
             if (
@@ -214,7 +231,12 @@ class TrackerApp:
                 self.metrics.query_auth_failures += 1
                 await send_error(send, Unauthorized("a bearer token is required", "Bearer"))
                 return
-            if path.startswith("/calls/"):
+            if slashed:
+                await send_error(
+                    send, NotFound(f"no route {path}: '/' must be a real slash here, not %2F")
+                )
+                return
+            if path.startswith("/calls/") and (not raw or raw.startswith(b"/calls/")):
                 await self.queries.call_route(scope, send)
                 return
         await self.starlette(scope, receive, send)
@@ -236,6 +258,14 @@ class TrackerApp:
             raise StorageUnavailable("the service is not started (lifespan not run)")
         healthy = writer.healthy  # after a failed commit, only a real write proves the fault gone
         await self.queries.read(lambda s: s.probe(write=not healthy))
+        scope = request.scope
+        if (
+            self._token is not None
+            and not self._bearer_ok(scope)
+            and not self.dashboard.cookie_ok(scope)
+        ):
+            # an open route: with a token set, how much was ingested is for those who hold it
+            return Response(b'{"status":"ready"}', media_type="application/json")
         return Response(
             _json.encode({"status": "ready", "lastSeq": writer.last_seq}),
             media_type="application/json",
@@ -281,6 +311,14 @@ class TrackerApp:
             500,
             media_type="application/json",
         )
+
+
+def _host_refused(got: bytes | None) -> HostNotAllowed:
+    shown = "no Host header" if got is None else f"the Host {got.decode('latin-1')[:100]!r}"
+    return HostNotAllowed(
+        f"{shown} is not a name this server answers to: "
+        "add it to server.allowed_hosts (DNS-rebinding protection)"
+    )
 
 
 def create_app(settings: Settings | None = None) -> TrackerApp:

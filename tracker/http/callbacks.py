@@ -20,6 +20,8 @@ import msgspec
 
 from tracker.config import Settings
 from tracker.errors import (
+    BadPath,
+    CrossSite,
     MethodNotAllowed,
     RequestTimeout,
     StorageUnavailable,
@@ -27,7 +29,16 @@ from tracker.errors import (
     TrackerError,
     Unauthorized,
 )
-from tracker.http.asgi import ClientGone, Receive, Scope, Send, send_bytes, send_error
+from tracker.guards import cross_site, dot_segment
+from tracker.http.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    raw_route_path,
+    send_bytes,
+    send_error,
+)
 from tracker.ingest import QUARANTINED, content_kind, parse_entries, quarantine
 from tracker.metrics import Metrics
 from tracker.records import Appended
@@ -44,6 +55,20 @@ def _result_body(results: list[Appended], batch: bool) -> bytes:
         r = results[0]
         return b'{"seq":%d,"duplicate":%s}' % (r.seq, b"true" if r.duplicate else b"false")
     return _json.encode({"results": [{"seq": r.seq, "duplicate": r.duplicate} for r in results]})
+
+
+def _check_sub_path(scope: Scope, path: str) -> None:
+    """A sub-path with dot segments is refused: forwarded, it would reach the application
+    outside its base path (``/callbacks/../admin``). One rule, on the raw path that is
+    forwarded: no segment that is, or percent-decodes to, ``.`` or ``..``."""
+    raw = raw_route_path(scope)
+    sub = raw[len(b"/callbacks") :] if raw.startswith(b"/callbacks") else path.encode()
+    bad = dot_segment(sub)
+    if bad is not None:
+        raise BadPath(
+            f"the path has a dot segment ({bad.decode('latin-1')[:100]!r}): a sub-path of "
+            "/callbacks must not contain '.' or '..' segments, plain or percent-encoded"
+        )
 
 
 class Callbacks:
@@ -85,6 +110,7 @@ class Callbacks:
         length: bytes | None = None
         auth: bytes | None = None
         expect = b""
+        origin = fetch_site = host = None
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value
@@ -94,6 +120,17 @@ class Callbacks:
                 auth = value
             elif key == b"expect":
                 expect = value
+            elif key == b"origin":
+                origin = value
+            elif key == b"sec-fetch-site":
+                fetch_site = value
+            elif key == b"host":
+                host = value
+        browser = origin is not None or fetch_site is not None  # neither: a server-side client
+        why = cross_site(origin, fetch_site, host) if browser else None
+        if why is not None:
+            await send_error(send, CrossSite(f"callbacks are not accepted from browsers: {why}"))
+            return
         if self._basic is not None and not self._basic_ok(auth):
             self.metrics.auth_failures += 1
             await send_error(
@@ -113,8 +150,17 @@ class Callbacks:
             elif method == "GET":
                 kind = "query"
                 body = scope["query_string"]
+                if len(body) > self.max_body:  # the query string is the body of a GET callback
+                    err = TooLarge(
+                        f"the query string is {len(body)} bytes; the limit is {self.max_body} "
+                        "(max_body_bytes)"
+                    )
+                    err.partial, err.size = body, len(body)  # cut to the quarantine's cap
+                    raise err
             else:
                 raise MethodNotAllowed(f"{method} is not allowed on /callbacks: use POST or GET")
+            if path != "/callbacks":
+                _check_sub_path(scope, path)
             entries, batch = parse_entries(body, kind, self.max_batch)
             results = await writer.submit(entries)
             status, answer = 200, _result_body(results, batch)
@@ -131,7 +177,12 @@ class Callbacks:
             # A refused body is still the application's to answer, but only a whole one: a
             # body cut short (408, 413 over the size limit), a wrong method or a storage
             # failure is answered here.
-            if self.forwarder is not None and err.status in QUARANTINED and err.partial is None:
+            if (
+                self.forwarder is not None
+                and err.status in QUARANTINED
+                and err.partial is None
+                and not isinstance(err, BadPath)  # it would leave the application's base path
+            ):
                 await self.forwarder.relay(scope, body, None, send, path)
                 return
             await send_error(

@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
 
 from tracker.errors import BadParameter, NotFound, TooLarge
 from tracker.metrics import Metrics
@@ -104,16 +103,6 @@ class Dashboard:
         # asset URLs carry a hash of the files, so a new release is never served stale
         digest = hashlib.sha256(b"".join(a.body for a in self._assets.values()))
         self._version = digest.hexdigest()[:12]
-
-    def routes(self) -> list[Route]:
-        return [
-            Route("/", self.page, methods=["GET", "HEAD"]),
-            Route("/ui/calls/{callId:path}", self.page, methods=["GET", "HEAD"]),
-            Route("/ui/static/{name:path}", self.asset, methods=["GET", "HEAD"]),
-            Route("/favicon.ico", self.favicon, methods=["GET", "HEAD"]),
-            Route("/ui/sign-in", self.sign_in, methods=["POST"]),
-            Route("/ui/sign-out", self.sign_out, methods=["POST"]),
-        ]
 
     # -- the session -----------------------------------------------------------------------------
 

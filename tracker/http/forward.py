@@ -2,8 +2,8 @@
 
 With ``[forward] url`` set, every callback is first recorded (or refused and quarantined) and
 then relayed to the application at ``{url}/{path after /callbacks}`` with the same method, query
-string, body and headers (minus hop-by-hop headers; ``Authorization`` only with
-``pass_authorization``), plus what the tracker made of it:
+string (after the URL's own, when it has one), body and headers (minus hop-by-hop headers;
+``Authorization`` only with ``pass_authorization``), plus what the tracker made of it:
 
 * ``X-Tracker-Seq``: the log position (for a batch, a comma-separated list, one per element);
 * ``X-Tracker-Duplicate``: ``true`` or ``false`` (a list for a batch); a duplicate is forwarded
@@ -24,6 +24,7 @@ caller) and ignores proxy environment variables, since the application is addres
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -31,7 +32,7 @@ from typing import Final
 
 import httpx
 
-from tracker.config import Forward
+from tracker.config import Forward, redact_url
 from tracker.errors import BadGateway, ConfigError, GatewayTimeout, TrackerError
 from tracker.http.asgi import Scope, Send, raw_route_path, send_error
 from tracker.metrics import Metrics
@@ -56,6 +57,10 @@ _NOT_FORWARDED: Final = _HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 #: The answering server adds its own ``date`` and ``server``; the upstream's would be duplicates.
 _NOT_RETURNED: Final = _HOP_BY_HOP | {b"date", b"server"}
 _TRACKER_PREFIX: Final = b"x-tracker-"
+#: What proxies say about the original request: passed on only from ``forwarded_allow_ips``.
+_PROXY_HEADERS: Final = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded", b"x-real-ip"}
+)
 _NO_BODY_METHODS: Final = frozenset({"GET", "HEAD"})
 SMALL_ANSWER: Final = 65_536  # answers up to this size (declared) are relayed in one message
 
@@ -84,24 +89,37 @@ def tracker_headers(results: Sequence[Appended] | None) -> list[tuple[bytes, byt
 class Forwarder:
     """Relays recorded callbacks to the application. Create in the app's ``open``; ``close``."""
 
-    def __init__(self, settings: Forward, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Forward, metrics: Metrics, trusted_proxies: Sequence[str] = ()
+    ) -> None:
         try:
             base = httpx.URL(settings.url)
         except httpx.InvalidURL as err:
-            raise ConfigError(f"forward.url is not a valid URL: {err}") from None
+            reason = str(err).replace(settings.url, redact_url(settings.url))
+            raise ConfigError(f"forward.url is not a valid URL: {reason}") from None
         if base.scheme not in ("http", "https") or not base.host:
             raise ConfigError(
-                f"forward.url must be an http:// or https:// URL, got {settings.url!r}"
+                f"forward.url must be an http:// or https:// URL, got {redact_url(settings.url)!r}"
             )
         self.settings = settings
         self.metrics = metrics
         self.timeout = settings.timeout_seconds
         self.pass_authorization = settings.pass_authorization
+        self._trust_all = "*" in trusted_proxies
+        self._trusted_networks = [
+            ipaddress.ip_network(p, strict=False) for p in trusted_proxies if p != "*"
+        ]
+        # Credentials in the URL become the client's Basic auth (as httpx would do with them)
+        # and are kept out of the URL itself, so no error, log line or metric can show them.
+        auth = httpx.BasicAuth(base.username, base.password) if base.userinfo else None
+        base = base.copy_with(userinfo=b"")
         self._base = base
         self._base_path = base.raw_path.split(b"?", 1)[0].rstrip(b"/")
+        self._base_query = base.query  # kept: it comes first, the callback's query string after
         self._shown = str(base.copy_with(query=None, fragment=None))
         n = settings.max_connections
         self.client = httpx.AsyncClient(
+            auth=auth,
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(
                 max_connections=n, max_keepalive_connections=n, keepalive_expiry=30.0
@@ -123,9 +141,24 @@ class Forwarder:
     def _url(self, scope: Scope, path: str) -> httpx.URL:
         raw = self._base_path + _callbacks_suffix(scope, path)
         query: bytes = scope.get("query_string", b"")
+        if self._base_query:
+            query = self._base_query + b"&" + query if query else self._base_query
         if query:
             raw += b"?" + query
         return self._base.copy_with(raw_path=raw or b"/")
+
+    def _trusted(self, scope: Scope) -> bool:
+        """The peer is a proxy of ``server.forwarded_allow_ips``: its X-Forwarded-* are kept."""
+        if self._trust_all:
+            return True
+        client = scope.get("client")
+        if not client or not self._trusted_networks:
+            return False
+        try:
+            peer = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        return any(peer in net for net in self._trusted_networks)
 
     def _headers(
         self, scope: Scope, results: Sequence[Appended] | None
@@ -135,30 +168,48 @@ class Forwarder:
         for key, value in incoming:
             if key == b"connection":  # it names more headers that are for this hop only
                 dropped.update(t.strip().lower() for t in value.split(b","))
+        trusted = self._trusted(scope)
         out: list[tuple[bytes, bytes]] = []
-        forwarded_for = b""
+        forwarded_for: list[bytes] = []
+        forwarded_host = forwarded_proto = None
         host = b""
         for key, value in incoming:
-            if key in _NOT_FORWARDED or key in dropped or key.startswith(_TRACKER_PREFIX):
-                if key == b"host":
-                    host = value
+            if key == b"host":
+                host = value
                 continue
+            if key in _NOT_FORWARDED or key in dropped:
+                continue
+            # CGI-style servers read "_" as "-": x_tracker_seq would be their X-Tracker-Seq
+            dashed = key.replace(b"_", b"-")
+            if dashed.startswith(_TRACKER_PREFIX):
+                continue
+            if dashed in _PROXY_HEADERS:
+                if not trusted or dashed != key:  # only a trusted proxy's, and only as named
+                    continue
+                if key == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                    continue
+                if key == b"x-forwarded-host":
+                    forwarded_host = value
+                    continue
+                if key == b"x-forwarded-proto":
+                    forwarded_proto = value
+                    continue
             if key == b"authorization" and not self.pass_authorization:
-                continue
-            if key == b"x-forwarded-for":
-                forwarded_for = value
                 continue
             out.append((key, value))
         client = scope.get("client")
         if client:
-            peer = str(client[0]).encode()
-            forwarded_for = forwarded_for + b", " + peer if forwarded_for else peer
+            forwarded_for.append(str(client[0]).encode())
         if forwarded_for:
-            out.append((b"x-forwarded-for", forwarded_for))
-        if host and not any(k == b"x-forwarded-host" for k, _ in out):
-            out.append((b"x-forwarded-host", host))
-        if not any(k == b"x-forwarded-proto" for k, _ in out):
-            out.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode()))
+            out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+        if forwarded_host is None and host:
+            forwarded_host = host
+        if forwarded_host is not None:
+            out.append((b"x-forwarded-host", forwarded_host))
+        if forwarded_proto is None:
+            forwarded_proto = str(scope.get("scheme", "http")).encode()
+        out.append((b"x-forwarded-proto", forwarded_proto))
         out += tracker_headers(results)
         return out
 

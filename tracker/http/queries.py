@@ -25,10 +25,10 @@ from tracker.errors import (
     StorageUnavailable,
     TrackerError,
 )
-from tracker.events import format_time, parse_time
+from tracker.events import format_time, parse_time, restore_plus
 from tracker.http.asgi import Scope, Send, raw_route_path, send_bytes, send_error
 from tracker.ingest import parse_fields
-from tracker.records import FILTERS, now_ms
+from tracker.records import FILTERS, TimelinePlace, format_place, now_ms, parse_place
 from tracker.render import call_json, event_rows, reject_row, stats_json
 from tracker.state import OUTCOMES
 from tracker.storage import Storage
@@ -82,6 +82,41 @@ def query_params(request: Request) -> dict[str, str]:
     return fields
 
 
+def timeline_params(scope: Scope) -> tuple[TimelinePlace | None, int]:
+    """``after`` and ``limit`` of ``GET /calls/{callId}/events``."""
+    fields = parse_fields(scope["query_string"])
+    if fields is None:
+        raise BadParameter("the query string is not valid UTF-8 percent-encoding")
+    only(fields, {"after", "limit"})
+    limit = int_param(fields, "limit", 100, 1, 1000)
+    raw = fields.get("after")
+    if raw is None:
+        return None, limit
+    try:
+        return parse_place(raw), limit
+    except ValueError:
+        raise BadParameter(
+            f"after must be the next of a previous page (such as 1352908501000.17), got {raw!r}"
+        ) from None
+
+
+def timeline_json(
+    storage: Storage, call_id: str, after: TimelinePlace | None, limit: int
+) -> bytes | None:
+    """A page of the timeline as JSON, encoded in the read thread, not on the event loop."""
+    found = storage.timeline(call_id, after=after, limit=limit)
+    if found is None:
+        return None
+    events, nxt = found
+    return _json.encode(
+        {
+            "callId": call_id,
+            "events": event_rows(events),
+            "next": None if nxt is None else format_place(nxt),
+        }
+    )
+
+
 class Queries:
     """The query routes on one storage (set by the app's lifespan; ``None`` before)."""
 
@@ -115,10 +150,11 @@ class Queries:
             if storage is None:
                 raise StorageUnavailable("the service is not started (lifespan not run)")
             if timeline:
-                events = await self.read(lambda s: s.timeline(call_id))
-                if events is None:
+                after, limit = timeline_params(scope)
+                page = await self.read(lambda s: timeline_json(s, call_id, after, limit))
+                if page is None:
                     raise NotFound(f"no call with id {call_id!r}")
-                body = _json.encode({"callId": call_id, "events": event_rows(events)})
+                body = page
             else:
                 found = storage.call(call_id)  # on the loop: an index lookup is cheaper than a hop
                 if found is None:
@@ -132,7 +168,8 @@ class Queries:
     async def list_calls(self, request: Request) -> Response:
         params = query_params(request)
         only(params, {*FILTERS, "since", "until", "limit", "cursor"})
-        filters = {k: v for k, v in params.items() if k in FILTERS}
+        # ?from=+1323... unencoded reads as " 1323...": the number it was, as on ingest
+        filters = {k: v for k, v in restore_plus(params).items() if k in FILTERS}
         if "status" in filters and filters["status"] not in STATUSES:
             raise BadParameter(f"status must be one of {', '.join(sorted(STATUSES))}")
         if "outcome" in filters and filters["outcome"] not in OUTCOMES:

@@ -16,7 +16,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from tracker.errors import BadParameter, StorageUnavailable
+from tracker.errors import StorageUnavailable
 from tracker.http.queries import MAX_SEQ, Queries, int_param, only, query_params
 from tracker.records import LoggedEvent
 from tracker.render import event_rows, one_line
@@ -68,11 +68,8 @@ class LiveStream:
         only(params, {"after"})
         after = int_param(params, "after", 0, 0, MAX_SEQ)
         last_id = request.headers.get("last-event-id")
-        if last_id is not None:
-            try:
-                after = max(0, int(last_id))
-            except ValueError:
-                raise BadParameter("Last-Event-ID must be an integer seq") from None
+        if last_id is not None:  # the same strict reading as ?after= (no "1_0", " 3 ", 2**63)
+            after = int_param({"Last-Event-ID": last_id}, "Last-Event-ID", 0, 0, MAX_SEQ)
         if self._changed is None:
             raise StorageUnavailable("the service is not started (lifespan not run)")
         return StreamingResponse(

@@ -55,6 +55,7 @@ def open_storage(
         read_mmap_mb=s.read_mmap_mb,
         must_exist=must_exist,
         read_only=read_only,
+        wal_checkpoint_bytes=s.wal_checkpoint_mb << 20,
     )
 
 

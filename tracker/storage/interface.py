@@ -30,6 +30,7 @@ from tracker.records import (
     LoggedEvent,
     Reject,
     StoredReject,
+    TimelinePlace,
 )
 
 Progress = Callable[[int, int], None]
@@ -49,7 +50,11 @@ class Snapshot(Protocol):
 
     def call(self, call_id: str) -> CallRecord | None: ...
 
-    def timeline(self, call_id: str) -> list[LoggedEvent] | None: ...
+    def timeline(
+        self, call_id: str, *, after: TimelinePlace | None = None, limit: int = 100
+    ) -> tuple[list[LoggedEvent], TimelinePlace | None] | None:
+        """A page of a call's timeline, as :meth:`Storage.timeline`."""
+        ...
 
 
 class Storage(Protocol):
@@ -87,9 +92,16 @@ class Storage(Protocol):
         a real, empty write (after a failed commit, taking the lock alone proves nothing)."""
         ...
 
-    def start_maintenance(self) -> None:
+    def start_maintenance(self, ask: Callable[[], None] | None = None) -> None:
         """A long-running process begins (``serve``): start background upkeep, if any (SQLite:
-        the WAL checkpointer). :meth:`close` stops it."""
+        the WAL checkpointer). :meth:`close` stops it. ``ask``: how the upkeep asks for a
+        writer's turn while nothing is being written (the writer then calls :meth:`upkeep`
+        with ``asked``)."""
+        ...
+
+    def upkeep(self, *, asked: bool = False) -> None:
+        """Called by the writer between two group commits, in its thread: upkeep that must not
+        overlap a write (SQLite: emptying the WAL once it passes its bound). Never raises."""
         ...
 
     def wait_for_head(self, after: int, timeout: float) -> int:
@@ -102,8 +114,13 @@ class Storage(Protocol):
         """One call by id, or ``None``."""
         ...
 
-    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
-        """A call's events by event time (untimed last), then ``seq``; ``None``: no such call."""
+    def timeline(
+        self, call_id: str, *, after: TimelinePlace | None = None, limit: int = 100
+    ) -> tuple[list[LoggedEvent], TimelinePlace | None] | None:
+        """A page of a call's events by event time (untimed last), then ``seq``, after the
+        place ``after``: at most ``limit`` events, and fewer once their bodies pass
+        :data:`tracker.records.TIMELINE_PAGE_BYTES` (never none); returns the page and the
+        place the next page starts after (``None``: the end). ``None``: no such call."""
         ...
 
     def calls(

@@ -458,10 +458,21 @@
     document.title = "Call " + id + " · tracker";
     let timer = null;
 
+    // the timeline comes in pages (limit, after, next): read up to 5,000 events of it
+    async function timelineOf() {
+      let events = [], after = null;
+      do {
+        const page = await api("/calls/" + enc(id) + "/events?limit=1000" + (after ? "&after=" + enc(after) : ""));
+        events = events.concat(page.events);
+        after = page.next;
+      } while (after && events.length < 5000);
+      return { events: events, more: after !== null };
+    }
+
     async function load() {
       let call, timeline;
       try {
-        [call, timeline] = await Promise.all([api("/calls/" + enc(id)), api("/calls/" + enc(id) + "/events")]);
+        [call, timeline] = await Promise.all([api("/calls/" + enc(id)), timelineOf()]);
       } catch (err) {
         if (err.status === 404) {
           $("call-body").hidden = true;
@@ -498,7 +509,7 @@
       $("call-anomalies").replaceChildren(...(call.anomalies.length
         ? call.anomalies.map((a) => el("li", null, el("code", { text: a }), " — " + (explain[a] || "")))
         : [el("li", { class: "none", text: "None." })]));
-      $("timeline-count").textContent = "(" + timeline.events.length + ")";
+      $("timeline-count").textContent = "(" + timeline.events.length + (timeline.more ? " of " + call.eventCount : "") + ")";
       $("timeline").replaceChildren(...timeline.events.map((e) => el("li", null,
         el("div", { class: "what", text: e.eventType }),
         el("div", { class: "meta", text: "time " + fmtTime(e.time) + " · received " + fmtTime(e.receivedAt) + " · seq " + e.seq }),

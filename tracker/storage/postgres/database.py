@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -26,6 +26,8 @@ from tracker.records import (
     LoggedEvent,
     Reject,
     StoredReject,
+    TimelinePage,
+    TimelinePlace,
 )
 from tracker.storage.errors import OpenFailed, ReadFailed, StorageError
 from tracker.storage.interface import Progress
@@ -132,10 +134,13 @@ class PostgresStorage:
                 f"storage cannot commit ({err.detail}); nothing was stored, retry later"
             ) from err
 
-    def start_maintenance(self) -> None:
+    def start_maintenance(self, ask: Callable[[], None] | None = None) -> None:
         """Nothing to keep up on PostgreSQL (its autovacuum does); start the read pool."""
         with contextlib.suppress(Exception):
             self.db.readers()
+
+    def upkeep(self, *, asked: bool = False) -> None:
+        """Nothing between commits on PostgreSQL."""
 
     def wait_for_head(self, after: int, timeout: float) -> int:
         """Block up to timeout seconds until the committed head is > after; return the head."""
@@ -157,8 +162,10 @@ class PostgresStorage:
     def call(self, call_id: str) -> CallRecord | None:
         return self.db.read(queries.get_call, call_id)
 
-    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
-        return self.db.read(queries.timeline, call_id)
+    def timeline(
+        self, call_id: str, *, after: TimelinePlace | None = None, limit: int = 100
+    ) -> TimelinePage | None:
+        return self.db.read(queries.timeline, call_id, after=after, limit=limit)
 
     def calls(
         self,
@@ -283,8 +290,10 @@ class PostgresSnapshot:
         except psycopg.Error as err:
             raise read_failed(err) from err
 
-    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
+    def timeline(
+        self, call_id: str, *, after: TimelinePlace | None = None, limit: int = 100
+    ) -> TimelinePage | None:
         try:
-            return queries.timeline(self.conn, call_id)
+            return queries.timeline(self.conn, call_id, after=after, limit=limit)
         except psycopg.Error as err:
             raise read_failed(err) from err

@@ -8,7 +8,15 @@ from typing import Any
 import msgspec
 import psycopg
 
-from tracker.records import CallRecord, Counts, Kpis, LoggedEvent, StoredReject
+from tracker.records import (
+    TIMELINE_PAGE_BYTES,
+    CallRecord,
+    Counts,
+    Kpis,
+    LoggedEvent,
+    StoredReject,
+    TimelinePlace,
+)
 from tracker.state import CallState
 from tracker.storage.postgres.schema import FILTER_COLUMNS
 
@@ -27,16 +35,53 @@ def get_call(conn: Conn, call_id: str) -> CallRecord | None:
     return None if row is None else CallRecord(_state_dec.decode(row[0]), row[1])
 
 
-def timeline(conn: Conn, call_id: str) -> list[LoggedEvent] | None:
+def timeline(
+    conn: Conn,
+    call_id: str,
+    *,
+    after: TimelinePlace | None = None,
+    limit: int = 100,
+    max_bytes: int = TIMELINE_PAGE_BYTES,
+) -> tuple[list[LoggedEvent], TimelinePlace | None] | None:
+    """A page of a call's timeline after ``after`` (as SQLite's: by event time, untimed last,
+    then seq; at most ``limit`` events, fewer once their bodies pass ``max_bytes``, never
+    none); the sort reads only the keys, bodies are fetched for the page alone."""
     row = conn.execute("SELECT call_key FROM calls WHERE call_id = %s", (call_id,)).fetchone()
     if row is None:
         return None
-    rows = conn.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE call_key = %s"
-        " ORDER BY event_time IS NULL, event_time, seq".encode(),
-        (row[0],),
+    where, args = "call_key = %s", [row[0]]
+    if after is not None:
+        at, seq = after
+        if at is None:
+            where += " AND event_time IS NULL AND seq > %s"
+            args.append(seq)
+        else:
+            where += (
+                " AND (event_time IS NULL OR event_time > %s OR (event_time = %s AND seq > %s))"
+            )
+            args += [at, at, seq]
+    keys = conn.execute(
+        f"SELECT event_time, seq, octet_length(body) FROM events WHERE {where}"
+        " ORDER BY event_time IS NULL, event_time, seq LIMIT %s".encode(),
+        (*args, limit + 1),
     ).fetchall()
-    return [_event(r) for r in rows]
+    take, size = 0, 0
+    for _at, _seq, n in keys[:limit]:
+        if take and size + n > max_bytes:
+            break
+        take, size = take + 1, size + n
+    page = keys[:take]
+    nxt = (page[-1][0], page[-1][1]) if take < len(keys) else None
+    seqs = [k[1] for k in page]
+    if not seqs:
+        return [], None
+    rows = {
+        r[0]: r
+        for r in conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY(%s)".encode(), (seqs,)
+        )
+    }
+    return [_event(rows[s]) for s in seqs], nxt
 
 
 def events_after(conn: Conn, after: int, limit: int) -> list[LoggedEvent]:

@@ -8,6 +8,7 @@ thread (memory-mapped, ``read_mmap_mb``), and the WAL checkpointer thread of a s
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,8 @@ from tracker.records import (
     LoggedEvent,
     Reject,
     StoredReject,
+    TimelinePage,
+    TimelinePlace,
 )
 from tracker.storage.errors import OpenFailed, StorageError
 from tracker.storage.interface import Progress
@@ -34,6 +37,7 @@ from tracker.storage.sqlite.schema import check_file, check_version, connect, mi
 from tracker.storage.sqlite.writes import Appender
 
 CHECKPOINT_SECONDS: Final = 0.2  # how often the checkpointer copies committed WAL pages over
+WAL_CHECKPOINT_BYTES: Final = 4 << 20  # storage.wal_checkpoint_mb's default: SQLite's 1000 pages
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -53,8 +57,10 @@ class SqliteStorage:
         read_mmap_mb: int = 0,
         must_exist: bool = False,
         read_only: bool = False,
+        wal_checkpoint_bytes: int = WAL_CHECKPOINT_BYTES,
     ) -> None:
         self.path = str(path)
+        self._wal = WalBound(self, wal_checkpoint_bytes)
         self.synchronous = synchronous
         self.outcomes = dict(outcomes or {})
         self.busy_ms = busy_ms
@@ -146,10 +152,11 @@ class SqliteStorage:
                     conn.execute("ROLLBACK")
             raise commit_failed(err) from err
 
-    def start_maintenance(self) -> None:
-        if self._checkpointer is None:
-            self.conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self._checkpointer = Checkpointer(self)
+    def start_maintenance(self, ask: Callable[[], None] | None = None) -> None:
+        self._checkpointer = self._checkpointer or self._wal.start(ask)
+
+    def upkeep(self, *, asked: bool = False) -> None:
+        self._wal.maybe_truncate(force=asked)
 
     def wait_for_head(self, after: int, timeout: float) -> int:
         """Block up to timeout seconds until the committed head is > after; return the head."""
@@ -179,8 +186,10 @@ class SqliteStorage:
     def call(self, call_id: str) -> CallRecord | None:
         return self._read(queries.get_call, call_id)
 
-    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
-        return self._read(queries.timeline, call_id)
+    def timeline(
+        self, call_id: str, *, after: TimelinePlace | None = None, limit: int = 100
+    ) -> TimelinePage | None:
+        return self._read(queries.timeline, call_id, after=after, limit=limit)
 
     def calls(
         self,
@@ -289,13 +298,86 @@ class SqliteStorage:
         self._local = threading.local()
 
 
+class WalBound:
+    """Keeps the ``-wal`` file near ``bound`` bytes under sustained ingest.
+
+    The :class:`Checkpointer` copies committed WAL pages into the file beside the writer, but a
+    PASSIVE checkpoint beside a writer that keeps appending never completes, and SQLite starts
+    the WAL over only after a complete one: alone, it let the file grow for as long as ingest
+    went on. So the writer itself, between two group commits (:meth:`maybe_truncate`, through
+    ``upkeep``), runs a TRUNCATE checkpoint once the file passes the bound: nothing appends
+    meanwhile, so it completes. The checkpointer has copied all but the last moments by then,
+    and the writer waits for a pass in progress, so this is a short copy and the fsyncs.
+
+    Readers on old WAL pages (a long export) are not waited for (busy timeout 0): while the
+    checkpointer cannot copy most of the WAL the writer does not try, and after a busy attempt
+    the mark moves up by half a bound so that a reader does not make every commit try."""
+
+    def __init__(self, storage: SqliteStorage, bound: int) -> None:
+        self.storage = storage
+        self.bound = bound
+        self.tuned: sqlite3.Connection | None = None  # the write connection given our pragmas
+        self.path = f"{storage.path}-wal"
+        self.truncate_at = self.bound  # the -wal size that calls for a truncation
+        self.lock = threading.Lock()  # one checkpoint at a time (checkpointer or writer)
+        # WAL bytes the checkpointer could not copy at its last pass (a reader still needs them)
+        self.lag_bytes = 0
+        self.truncations = 0
+
+    def start(self, ask: Callable[[], None] | None) -> Checkpointer:
+        self.tune()
+        return Checkpointer(self.storage, ask)
+
+    def tune(self) -> None:
+        self.tuned = conn = self.storage.conn
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        # a WAL that restarts without our truncation (another process's checkpoint) is cut back
+        conn.execute(f"PRAGMA journal_size_limit = {int(self.bound)}")
+
+    def size(self) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except OSError:
+            return 0
+
+    def maybe_truncate(self, *, force: bool = False) -> None:
+        """In the writer's thread, between two commits."""
+        if self.tuned not in (None, self.storage.conn):  # reopened after a fault: pragmas again
+            self.tune()
+        size = self.size()
+        if size <= self.bound:  # emptied, or restarted and cut back by journal_size_limit
+            self.truncate_at = self.bound
+        if size <= self.truncate_at and not force:
+            return
+        if self.lag_bytes > self.bound // 2:
+            return  # a reader holds much of it: the checkpointer copies it first
+        storage = self.storage
+        conn = storage.conn
+        busy = 1
+        with self.lock, contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(storage.busy_ms)}")
+        if busy == 0:
+            self.truncations += 1
+            self.truncate_at = self.bound
+        else:
+            self.truncate_at = max(size, self.bound) + self.bound // 2
+
+
 class Checkpointer:
     """Checkpoints (copying the WAL into the database file, with an fsync) would otherwise run
-    inside a commit of the writer every 1000 pages; a thread of their own keeps that work off
-    the path of the requests that wait for the commit. Runs after commits, every 0.2 s."""
+    inside a commit of the writer every 1000 pages; a thread of their own keeps most of that
+    work off the path of the requests that wait for the commit. Runs after commits (and while
+    a reader kept it from copying everything), every 0.2 s. When nothing is being written and
+    the WAL is still past its bound (a long reader held it), it ``ask``s for the writer's turn
+    to truncate it (:class:`WalBound`)."""
 
-    def __init__(self, storage: SqliteStorage) -> None:
+    def __init__(self, storage: SqliteStorage, ask: Callable[[], None] | None) -> None:
         self.storage = storage
+        self.ask = ask
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracker-checkpoint", daemon=True)
         self._thread.start()
@@ -306,14 +388,20 @@ class Checkpointer:
 
     def _run(self) -> None:
         storage = self.storage
+        wal = storage._wal
         conn = connect(storage.path, busy_ms=storage.busy_ms)
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
         seen = 0
         try:
             while not self._stop.wait(CHECKPOINT_SECONDS):
-                if storage.commits != seen:
-                    seen = storage.commits
-                    with contextlib.suppress(sqlite3.Error):  # busy or faulty: next time
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                idle = storage.commits == seen
+                seen = storage.commits
+                if not idle or wal.lag_bytes:
+                    with wal.lock, contextlib.suppress(sqlite3.Error):  # busy: next time
+                        _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        wal.lag_bytes = max(0, log - done) * page
+                if idle and not wal.lag_bytes and self.ask and wal.size() > wal.bound:
+                    self.ask()
         finally:
             conn.close()
 
@@ -342,8 +430,10 @@ class SqliteSnapshot:
         except sqlite3.Error as err:
             raise read_failed(err) from err
 
-    def timeline(self, call_id: str) -> list[LoggedEvent] | None:
+    def timeline(
+        self, call_id: str, *, after: TimelinePlace | None = None, limit: int = 100
+    ) -> TimelinePage | None:
         try:
-            return queries.timeline(self.conn, call_id)
+            return queries.timeline(self.conn, call_id, after=after, limit=limit)
         except sqlite3.Error as err:
             raise read_failed(err) from err

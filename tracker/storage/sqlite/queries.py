@@ -12,7 +12,15 @@ from typing import Any
 
 import msgspec
 
-from tracker.records import CallRecord, Counts, Kpis, LoggedEvent, StoredReject
+from tracker.records import (
+    TIMELINE_PAGE_BYTES,
+    CallRecord,
+    Counts,
+    Kpis,
+    LoggedEvent,
+    StoredReject,
+    TimelinePlace,
+)
 from tracker.state import CallState
 from tracker.storage.sqlite.schema import FILTER_COLUMNS
 
@@ -30,17 +38,54 @@ def get_call(conn: sqlite3.Connection, call_id: str) -> CallRecord | None:
     return None if row is None else CallRecord(_state_dec.decode(row[0]), row[1])
 
 
-def timeline(conn: sqlite3.Connection, call_id: str) -> list[LoggedEvent] | None:
-    """A call's timeline by event time (untimed last), then seq; ``None`` for an unknown call."""
+def timeline(
+    conn: sqlite3.Connection,
+    call_id: str,
+    *,
+    after: TimelinePlace | None = None,
+    limit: int = 100,
+    max_bytes: int = TIMELINE_PAGE_BYTES,
+) -> tuple[list[LoggedEvent], TimelinePlace | None] | None:
+    """A page of a call's timeline (by event time, untimed last, then seq) after ``after``: at
+    most ``limit`` events, fewer when their bodies pass ``max_bytes`` (never none). Returns the
+    page and the place to continue after (``None``: the end), or ``None`` for an unknown call.
+    The sort reads only the keys (the body is the last column, and ``length()`` of a blob does
+    not load it); bodies are fetched for the page alone."""
     row = conn.execute("SELECT call_key FROM calls WHERE call_id = ?", (call_id,)).fetchone()
     if row is None:
         return None
-    rows = conn.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE call_key = ?"
-        " ORDER BY event_time IS NULL, event_time, seq",
-        (row[0],),
+    where, args = "call_key = ?", [row[0]]
+    if after is not None:
+        at, seq = after
+        if at is None:
+            where += " AND event_time IS NULL AND seq > ?"
+            args.append(seq)
+        else:
+            where += " AND (event_time IS NULL OR event_time > ? OR (event_time = ? AND seq > ?))"
+            args += [at, at, seq]
+    keys = conn.execute(
+        f"SELECT event_time, seq, length(body) FROM events WHERE {where}"
+        " ORDER BY event_time IS NULL, event_time, seq LIMIT ?",
+        (*args, limit + 1),
     ).fetchall()
-    return [LoggedEvent(*r) for r in rows]
+    take, size = 0, 0
+    for _at, _seq, n in keys[:limit]:
+        if take and size + n > max_bytes:
+            break
+        take, size = take + 1, size + n
+    page = keys[:take]
+    nxt = (page[-1][0], page[-1][1]) if take < len(keys) else None
+    seqs = [k[1] for k in page]
+    if not seqs:
+        return [], None
+    rows = {
+        r[0]: r
+        for r in conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ({','.join('?' * len(seqs))})",
+            seqs,
+        )
+    }
+    return [LoggedEvent(*rows[s]) for s in seqs], nxt
 
 
 def events_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedEvent]:
