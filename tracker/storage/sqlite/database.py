@@ -159,7 +159,6 @@ class SqliteStorage:
         self._wal.maybe_truncate(force=asked)
 
     def wait_for_head(self, after: int, timeout: float) -> int:
-        """Block up to timeout seconds until the committed head is > after; return the head."""
         return self._read(queries.wait_for_head, after, timeout)
 
     # -- the queries -------------------------------------------------------------------------
@@ -269,11 +268,8 @@ class SqliteStorage:
 
     def backup(self, dest: str) -> int:
         try:
-            src = connect(self.path, busy_ms=self.busy_ms)
-            try:
+            with contextlib.closing(connect(self.path, busy_ms=self.busy_ms)) as src:
                 return backup(src, Path(dest))
-            finally:
-                src.close()
         except sqlite3.Error as err:
             raise read_failed(err) from err
 
