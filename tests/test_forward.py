@@ -487,7 +487,7 @@ def test_an_unreachable_application_gives_502_and_the_event_stays_recorded(
         assert retry.status_code == 502
         assert len(c.get(f"/calls/{cid}/events").json()["events"]) == 1
         metrics = c.get("/metrics").text
-    assert 'tracker_forward_errors_total{kind="connect"} 2' in metrics
+    assert 'tracker_forward_errors_total{kind="connect"} 2.0' in metrics
 
 
 def test_a_slow_application_gives_504_within_the_timeout_and_the_event_stays_recorded(
@@ -505,7 +505,7 @@ def test_a_slow_application_gives_504_within_the_timeout_and_the_event_stays_rec
         assert c.get(f"/calls/{cid}").json()["callId"] == cid
         assert c.post("/callbacks/voice/disconnect", json=disconnect(cid)).status_code == 204
         metrics = c.get("/metrics").text
-    assert 'tracker_forward_errors_total{kind="timeout"} 1' in metrics
+    assert 'tracker_forward_errors_total{kind="timeout"} 1.0' in metrics
 
 
 class BreakingApplication(socketserver.ThreadingTCPServer):
@@ -554,8 +554,8 @@ def test_an_answer_that_breaks_off_gives_502_or_an_aborted_connection_never_a_sh
         app.shutdown()
         app.server_close()
         thread.join(5)
-    assert 'tracker_forward_errors_total{kind="protocol"} 1' in metrics
-    assert 'tracker_forward_errors_total{kind="aborted"} 1' in metrics
+    assert 'tracker_forward_errors_total{kind="protocol"} 1.0' in metrics
+    assert 'tracker_forward_errors_total{kind="aborted"} 1.0' in metrics
 
 
 def test_a_refused_body_is_still_forwarded_and_quarantined(

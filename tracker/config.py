@@ -32,6 +32,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_header_bytes: int = 32_768
     max_connections: int = 1000
     keepalive_seconds: float = 5.0
+    workers: int = 1
 
 
 class Storage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -55,6 +56,7 @@ class Ingest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Query(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token: str = ""
+    max_streams: int = 100
 
 
 class Forward(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -122,6 +124,8 @@ def _validate(s: Settings) -> Settings:
         "server.max_connections": s.server.max_connections,
         "server.keepalive_seconds": s.server.keepalive_seconds,
         "storage.wal_checkpoint_mb": s.storage.wal_checkpoint_mb,
+        "server.workers": s.server.workers,
+        "query.max_streams": s.query.max_streams,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -102,6 +102,12 @@ class TooManyConnections(TrackerError):
     status, code = 503, "too_many_connections"
 
 
+class TooManyStreams(TrackerError):
+    """503: a new ``/events/stream`` beyond ``query.max_streams`` open in this process."""
+
+    status, code = 503, "too_many_streams"
+
+
 class BadGateway(TrackerError):
     status, code = 502, "bad_gateway"
 
@@ -132,6 +138,7 @@ __all__ = [
     "StorageUnavailable",
     "TooLarge",
     "TooManyConnections",
+    "TooManyStreams",
     "TrackerError",
     "Unauthorized",
     "UnsupportedMediaType",

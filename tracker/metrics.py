@@ -1,10 +1,23 @@
-"""In-process counters and histograms, rendered as Prometheus text (no dependency needed)."""
+"""What ``GET /metrics`` reports, kept and rendered by ``prometheus_client``.
+
+One process: the values live in this app's own registry. Several worker processes (``tracker
+serve --workers N``): the main process points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory
+before it starts them, so every worker keeps its values in memory-mapped files there (the
+library's multiprocess mode, chosen when it is imported), and a scrape on any worker sums the
+files of every worker, those of workers that died included: the counts are the service's, not
+one process's.
+"""
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections import defaultdict
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.values import MutexValue, ValueClass
 
 from tracker.events import V1_TYPES, V2_TYPES
 
@@ -14,107 +27,105 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # every type it does not (a client may send any string, and each label value lives for ever)
 EVENT_TYPE_LABELS = V1_TYPES | V2_TYPES
 OTHER = "other"
+MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"  # set: several workers share the counts
 
 
-class Histogram:
-    __slots__ = ("bounds", "count", "counts", "total")
+class _Head(Collector):
+    """``tracker_log_last_seq``: the committed head, read from the storage at each scrape (it
+    is the log's, whichever process committed it)."""
 
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.count = 0
-        self.total = 0.0
+    def __init__(self) -> None:
+        self.value = 0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.total += value
-
-    def render(self, name: str) -> list[str]:
-        lines = []
-        running = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            running += n
-            lines.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
-        lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum {self.total:.6f}")
-        lines.append(f"{name}_count {self.count}")
-        return lines
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "tracker_log_last_seq", "The highest committed log position.", value=self.value
+        )
 
 
 class Metrics:
-    """Everything ``GET /metrics`` reports. Updated on the event loop only (no locks needed)."""
+    """Everything ``GET /metrics`` reports (a registry per app, so apps never share counts)."""
 
     def __init__(self) -> None:
-        self.ingested: defaultdict[str, int] = defaultdict(int)
-        self.duplicates = 0
-        self.rejects: defaultdict[str, int] = defaultdict(int)
-        self.auth_failures = 0
-        self.query_auth_failures = 0
-        self.storage_errors = 0
-        self.forward_errors: defaultdict[str, int] = defaultdict(int)
-        self.batch_events = Histogram(SIZE_BUCKETS)
-        self.commit_seconds = Histogram(LATENCY_BUCKETS)
-        self.ingest_seconds = Histogram(LATENCY_BUCKETS)
-        self.forward_seconds = Histogram(LATENCY_BUCKETS)
+        self.registry = r = CollectorRegistry(auto_describe=False)
+        self.ingested = Counter(
+            "tracker_events_ingested",
+            'Distinct events appended to the log, by type (types Bandwidth does not document '
+            'count as "other").',
+            ["event_type"],
+            registry=r,
+        )
+        self._ingested: dict[str, Counter] = {}
+        self.duplicates = Counter(
+            "tracker_duplicates", "Deliveries recognised as duplicates (not logged).", registry=r
+        )
+        self.rejects = Counter(
+            "tracker_rejects", "Refused bodies (quarantined), by reason.", ["reason"], registry=r
+        )
+        failures = Counter(
+            "tracker_auth_failures",
+            "Requests refused for missing or wrong credentials.",
+            ["scope"],
+            registry=r,
+        )
+        self.auth_failures = failures.labels("ingest")
+        self.query_auth_failures = failures.labels("query")
+        self.storage_errors = Counter(
+            "tracker_storage_errors", "Group commits that failed (answered 503).", registry=r
+        )
+        self.forward_errors = Counter(
+            "tracker_forward_errors",
+            "Forwarded callbacks that failed, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.stream_clients = Gauge(
+            "tracker_stream_clients",
+            "Open /events/stream connections.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.batch_events = Histogram(
+            "tracker_batch_events", "Events per group commit.", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.commit_seconds = Histogram(
+            "tracker_commit_seconds",
+            "Time to write and commit one group.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ingest_seconds = Histogram(
+            "tracker_ingest_seconds",
+            "Time from request start to answer on /callbacks.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.forward_seconds = Histogram(
+            "tracker_forward_seconds",
+            "Time the application took to answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._head = _Head()
+        r.register(self._head)
+        # the library's mode was chosen when it was imported: in-process values ignore the dir
+        self._shared = None if ValueClass is MutexValue else os.environ.get(MULTIPROC_DIR)
 
     def count_ingested(self, event_type: str) -> None:
-        self.ingested[event_type if event_type in EVENT_TYPE_LABELS else OTHER] += 1
+        label = event_type if event_type in EVENT_TYPE_LABELS else OTHER
+        child = self._ingested.get(label)
+        if child is None:
+            child = self._ingested[label] = self.ingested.labels(label)
+        child.inc()
 
-    def render(self, last_seq: int, sse_clients: int) -> str:
-        out = [
-            (
-                "# HELP tracker_events_ingested_total Distinct events appended to the log, by "
-                'type (types Bandwidth does not document count as "other").'
-            ),
-            "# TYPE tracker_events_ingested_total counter",
-        ]
-        for et, n in sorted(self.ingested.items()):
-            out.append(f'tracker_events_ingested_total{{event_type="{_escape(et)}"}} {n}')
-        out += [
-            "# HELP tracker_duplicates_total Deliveries recognised as duplicates (not logged).",
-            "# TYPE tracker_duplicates_total counter",
-            f"tracker_duplicates_total {self.duplicates}",
-            "# HELP tracker_rejects_total Refused bodies (quarantined), by reason.",
-            "# TYPE tracker_rejects_total counter",
-        ]
-        for reason, n in sorted(self.rejects.items()):
-            out.append(f'tracker_rejects_total{{reason="{_escape(reason)}"}} {n}')
-        out += [
-            "# HELP tracker_auth_failures_total Requests refused for missing or wrong credentials.",
-            "# TYPE tracker_auth_failures_total counter",
-            f'tracker_auth_failures_total{{scope="ingest"}} {self.auth_failures}',
-            f'tracker_auth_failures_total{{scope="query"}} {self.query_auth_failures}',
-            "# HELP tracker_storage_errors_total Group commits that failed (answered 503).",
-            "# TYPE tracker_storage_errors_total counter",
-            f"tracker_storage_errors_total {self.storage_errors}",
-            "# HELP tracker_forward_errors_total Forwarded callbacks that failed, by kind.",
-            "# TYPE tracker_forward_errors_total counter",
-        ]
-        for kind, n in sorted(self.forward_errors.items()):
-            out.append(f'tracker_forward_errors_total{{kind="{_escape(kind)}"}} {n}')
-        out += [
-            "# HELP tracker_log_last_seq The highest committed log position.",
-            "# TYPE tracker_log_last_seq gauge",
-            f"tracker_log_last_seq {last_seq}",
-            "# HELP tracker_stream_clients Open /events/stream connections.",
-            "# TYPE tracker_stream_clients gauge",
-            f"tracker_stream_clients {sse_clients}",
-            "# HELP tracker_batch_events Events per group commit.",
-            "# TYPE tracker_batch_events histogram",
-            *self.batch_events.render("tracker_batch_events"),
-            "# HELP tracker_commit_seconds Time to write and commit one group.",
-            "# TYPE tracker_commit_seconds histogram",
-            *self.commit_seconds.render("tracker_commit_seconds"),
-            "# HELP tracker_ingest_seconds Time from request start to answer on /callbacks.",
-            "# TYPE tracker_ingest_seconds histogram",
-            *self.ingest_seconds.render("tracker_ingest_seconds"),
-            "# HELP tracker_forward_seconds Time the application took to answer.",
-            "# TYPE tracker_forward_seconds histogram",
-            *self.forward_seconds.render("tracker_forward_seconds"),
-        ]
-        return "\n".join(out) + "\n"
+    def render(self, last_seq: int) -> bytes:
+        """The Prometheus text of this app, or of every worker together (multiprocess mode)."""
+        self._head.value = last_seq
+        if not self._shared:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        together = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(together, path=self._shared)
+        together.register(self._head)
+        return generate_latest(together)

@@ -86,7 +86,7 @@ def _open_files_for(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = settings_of(args, host=args.host, port=args.port)
+    settings = settings_of(args, host=args.host, port=args.port, workers=args.workers)
     import uvicorn
     from uvicorn.config import LOG_LEVELS, STARTUP_FAILURE
 

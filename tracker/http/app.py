@@ -11,6 +11,7 @@ Errors are data (:mod:`tracker.errors`) rendered by :func:`tracker.http.asgi.err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -73,7 +74,7 @@ class TrackerApp:
         self.forwarder: Any = None
         self.callbacks = Callbacks(settings, self.metrics)
         self.queries = Queries()
-        self.live = LiveStream(self.queries)
+        self.live = LiveStream(self.queries, self.metrics, settings.query.max_streams)
         self._sweeper: asyncio.Task[None] | None = None
         self._token = settings.query.token.encode() if settings.query.token else None
         hosts = HostCheck(settings.server.allowed_hosts)
@@ -192,7 +193,7 @@ class TrackerApp:
             for e, r in zip(entries, results, strict=False):
                 n += 1
                 if r.duplicate:
-                    m.duplicates += 1
+                    m.duplicates.inc()
                 else:
                     m.count_ingested(e.event_type)
         m.batch_events.observe(n)
@@ -200,7 +201,7 @@ class TrackerApp:
         self.live.notify()
 
     def _on_error(self) -> None:
-        self.metrics.storage_errors += 1
+        self.metrics.storage_errors.inc()
 
     def stopping(self) -> None:
         """The server is shutting down: end the live streams so connections can drain."""
@@ -228,7 +229,7 @@ class TrackerApp:
                 and not self._bearer_ok(scope)
                 and not self.dashboard.cookie_ok(scope)  # the dashboard's session
             ):
-                self.metrics.query_auth_failures += 1
+                self.metrics.query_auth_failures.inc()
                 await send_error(send, Unauthorized("a bearer token is required", "Bearer"))
                 return
             if slashed:
@@ -257,7 +258,12 @@ class TrackerApp:
         if writer is None:
             raise StorageUnavailable("the service is not started (lifespan not run)")
         healthy = writer.healthy  # after a failed commit, only a real write proves the fault gone
-        await self.queries.read(lambda s: s.probe(write=not healthy))
+
+        def probe(s: Storage) -> int:
+            s.probe(write=not healthy)
+            return s.head()  # the log's head: other workers or hosts may have committed since
+
+        head = await self.queries.read(probe)
         scope = request.scope
         if (
             self._token is not None
@@ -267,14 +273,19 @@ class TrackerApp:
             # an open route: with a token set, how much was ingested is for those who hold it
             return Response(b'{"status":"ready"}', media_type="application/json")
         return Response(
-            _json.encode({"status": "ready", "lastSeq": writer.last_seq}),
+            _json.encode({"status": "ready", "lastSeq": head}),
             media_type="application/json",
         )
 
     async def metrics_route(self, request: Request) -> Response:
-        last = self.writer.last_seq if self.writer is not None else 0
+        last = 0
+        if self.writer is not None:
+            last = self.writer.last_seq
+            with contextlib.suppress(StorageUnavailable):  # metrics go on without the database
+                # the log's head, whichever process committed it
+                last = max(last, await self.queries.read(lambda s: s.head()))
         return Response(
-            self.metrics.render(last, self.live.clients),
+            self.metrics.render(last),
             media_type="text/plain; version=0.0.4",
         )
 

@@ -132,7 +132,7 @@ class Callbacks:
             await send_error(send, CrossSite(f"callbacks are not accepted from browsers: {why}"))
             return
         if self._basic is not None and not self._basic_ok(auth):
-            self.metrics.auth_failures += 1
+            self.metrics.auth_failures.inc()
             await send_error(
                 send,
                 Unauthorized("credentials are required for /callbacks", 'Basic realm="tracker"'),
@@ -171,7 +171,7 @@ class Callbacks:
                 reject = quarantine(err, body, content_type.decode("latin-1"), path)
                 try:
                     await writer.submit((), (reject,))
-                    self.metrics.rejects[err.code] += 1
+                    self.metrics.rejects.labels(err.code).inc()
                 except StorageUnavailable as unavailable:
                     err = unavailable  # the body could not be kept: the sender must retry
             # A refused body is still the application's to answer, but only a whole one: a

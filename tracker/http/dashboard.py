@@ -134,7 +134,7 @@ class Dashboard:
                 if rest:
                     target += "?" + urlencode(rest)
                 return self._signed_in(request, target)
-            self._metrics.query_auth_failures += 1
+            self._metrics.query_auth_failures.inc()
             return self._render(request, "sign-in", "That token was not accepted. Try again.")
         if self._token is not None and not self.cookie_ok(request.scope):
             return self._render(request, "sign-in", "")
@@ -184,7 +184,7 @@ class Dashboard:
         if self._token is None:
             return RedirectResponse(target, 303)
         if not self._token_ok(fields.get("token", "")):
-            self._metrics.query_auth_failures += 1
+            self._metrics.query_auth_failures.inc()
             return self._render(request, "sign-in", "That token was not accepted. Try again.")
         return self._signed_in(request, target)
 

@@ -242,7 +242,7 @@ class Forwarder:
             async with asyncio.timeout(self.timeout):
                 response = await self.client.send(request, stream=True)
         except (TimeoutError, httpx.TimeoutException):
-            self.metrics.forward_errors["timeout"] += 1
+            self.metrics.forward_errors.labels("timeout").inc()
             await send_error(
                 send,
                 GatewayTimeout(
@@ -253,7 +253,7 @@ class Forwarder:
             return
         except httpx.HTTPError as err:
             kind = "connect" if isinstance(err, httpx.ConnectError) else "protocol"
-            self.metrics.forward_errors[kind] += 1
+            self.metrics.forward_errors.labels(kind).inc()
             await send_error(send, self._bad_gateway(err, results))
             return
         try:
@@ -293,7 +293,7 @@ class Forwarder:
             try:
                 body = b"".join([chunk async for chunk in response.aiter_raw()])
             except httpx.HTTPError as err:
-                self.metrics.forward_errors["protocol"] += 1
+                self.metrics.forward_errors.labels("protocol").inc()
                 await send_error(send, self._bad_gateway(err, results))
                 return
             await send(start)
@@ -305,7 +305,7 @@ class Forwarder:
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.HTTPError as err:
-            self.metrics.forward_errors["aborted"] += 1
+            self.metrics.forward_errors.labels("aborted").inc()
             raise UpstreamAborted(
                 f"the application at {self._shown} failed while answering: {err!r}"
             ) from err

@@ -2,7 +2,10 @@
 
 Each stream reads the log from its own ``seq`` and then waits for the next commit (the writer's
 ``on_commit`` calls :meth:`LiveStream.notify`); a commit wakes every stream, which reads what came
-after its ``seq``. The server's shutdown ends the streams first (:meth:`LiveStream.stop`).
+after its ``seq``. One :class:`HeadWatcher` per app (per process) follows the committed head of
+the storage, so commits of other worker processes or hosts wake the streams too. The server's
+shutdown ends the streams first (:meth:`LiveStream.stop`). At most ``query.max_streams`` are open
+per process: a client that stops reading holds its buffers (about 2.5 MB), so more get 503.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from tracker.errors import StorageUnavailable
+from tracker.errors import StorageUnavailable, TooManyStreams
 from tracker.http.queries import MAX_SEQ, Queries, int_param, only, query_params
+from tracker.metrics import Metrics
 from tracker.records import LoggedEvent
 from tracker.render import event_rows, one_line
 from tracker.storage import Storage
@@ -33,8 +37,10 @@ def _events_after(storage: Storage, after: int) -> list[LoggedEvent]:
 class LiveStream:
     """The live streams of one app."""
 
-    def __init__(self, queries: Queries) -> None:
+    def __init__(self, queries: Queries, metrics: Metrics, max_streams: int = 100) -> None:
         self.queries = queries
+        self.metrics = metrics
+        self.max_streams = max_streams
         self._changed: asyncio.Event | None = None
         self._closing = False
         self._watcher: HeadWatcher | None = None
@@ -72,6 +78,11 @@ class LiveStream:
             after = int_param({"Last-Event-ID": last_id}, "Last-Event-ID", 0, 0, MAX_SEQ)
         if self._changed is None:
             raise StorageUnavailable("the service is not started (lifespan not run)")
+        if self.clients >= self.max_streams:
+            raise TooManyStreams(
+                f"{self.clients} live streams are open in this process (query.max_streams): "
+                "try again later"
+            )
         return StreamingResponse(
             self._sse(after),
             media_type="text/event-stream",
@@ -81,6 +92,7 @@ class LiveStream:
     async def _sse(self, after: int) -> AsyncIterator[bytes]:
         last = after
         self.clients += 1
+        self.metrics.stream_clients.inc()
         try:
             yield b"retry: 1000\n\n"
             while not self._closing:
@@ -102,6 +114,7 @@ class LiveStream:
                     yield b": keep-alive\n\n"
         finally:
             self.clients -= 1
+            self.metrics.stream_clients.dec()
 
 
 class HeadWatcher:

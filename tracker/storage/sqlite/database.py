@@ -32,8 +32,10 @@ from tracker.storage.interface import Progress
 from tracker.storage.sqlite import queries
 from tracker.storage.sqlite.backup import backup
 from tracker.storage.sqlite.errors import commit_failed, read_failed
+from tracker.storage.sqlite.lock import WriterLock
 from tracker.storage.sqlite.replay import replay
 from tracker.storage.sqlite.schema import check_file, check_version, connect, migrate
+from tracker.storage.sqlite.watch import HeadWatch
 from tracker.storage.sqlite.writes import Appender
 
 CHECKPOINT_SECONDS: Final = 0.2  # how often the checkpointer copies committed WAL pages over
@@ -90,7 +92,10 @@ class SqliteStorage:
             raise
         #: The write connection (also a read-only command's connection).
         self.conn = conn
-        self._appender = Appender(conn, self.outcomes, quarantine_max_bytes)
+        #: Held around each write transaction: one writer at a time across processes.
+        self.writer_lock = WriterLock(self.path)
+        self._appender = Appender(conn, self.outcomes, quarantine_max_bytes, self.writer_lock)
+        self._watch = HeadWatch(lambda: connect(self.path, busy_ms=self.busy_ms))
 
     # -- the writer --------------------------------------------------------------------------
 
@@ -134,23 +139,8 @@ class SqliteStorage:
         self._appender.conn = self.conn
 
     def probe(self, *, write: bool) -> None:
-        conn = None
-        try:
-            conn = self._reader()
-            conn.execute("BEGIN IMMEDIATE")
-            if write:
-                # Taking the lock writes nothing, so it passes on a full disk: only a real
-                # (one-page) write shows whether the fault is gone.
-                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                conn.execute(f"PRAGMA user_version = {version}")
-                conn.execute("COMMIT")
-            else:
-                conn.execute("ROLLBACK")
-        except sqlite3.Error as err:
-            if conn is not None and conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise commit_failed(err) from err
+        with self.writer_lock.held():  # not to wait in SQLite's busy handler for another worker
+            _probe(self._reader(), write=write)
 
     def start_maintenance(self, ask: Callable[[], None] | None = None) -> None:
         self._checkpointer = self._checkpointer or self._wal.start(ask)
@@ -159,7 +149,10 @@ class SqliteStorage:
         self._wal.maybe_truncate(force=asked)
 
     def wait_for_head(self, after: int, timeout: float) -> int:
-        return self._read(queries.wait_for_head, after, timeout)
+        try:
+            return self._watch.wait(after, timeout)
+        except sqlite3.Error as err:
+            raise read_failed(err) from err
 
     # -- the queries -------------------------------------------------------------------------
 
@@ -281,6 +274,8 @@ class SqliteStorage:
         if self._closed:
             return
         self._closed = True
+        self._watch.close()
+        self.writer_lock.close()
         with contextlib.suppress(sqlite3.Error):
             if not self.read_only:
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -292,6 +287,25 @@ class SqliteStorage:
                     conn.close()
             self._readers.clear()
         self._local = threading.local()
+
+
+def _probe(conn: sqlite3.Connection, *, write: bool) -> None:
+    """:meth:`SqliteStorage.probe` on a read connection."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if write:
+            # Taking the lock writes nothing, so it passes on a full disk: only a real
+            # (one-page) write shows whether the fault is gone.
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        else:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error as err:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise commit_failed(err) from err
 
 
 class WalBound:
@@ -350,7 +364,8 @@ class WalBound:
         storage = self.storage
         conn = storage.conn
         busy = 1
-        with self.lock, contextlib.suppress(sqlite3.Error):
+        # the writer lock too: another worker's writer then waits in the kernel, not polling
+        with storage.writer_lock.held(), self.lock, contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA busy_timeout = 0")
             try:
                 busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]

@@ -6,7 +6,6 @@ They return :mod:`tracker.records`; rendering them for the API is :mod:`tracker.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -235,20 +234,6 @@ def counts(conn: sqlite3.Connection) -> tuple[int, int]:
 
 def head(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-
-
-WAIT_POLL_SECONDS = 0.05  # how often wait_for_head looks at the head
-
-
-def wait_for_head(conn: sqlite3.Connection, after: int, timeout: float) -> int:
-    """Poll the head until it is > ``after`` or ``timeout`` seconds passed; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        now = head(conn)
-        left = deadline - time.monotonic()
-        if now > after or left <= 0:
-            return now
-        time.sleep(min(WAIT_POLL_SECONDS, left))
 
 
 # Streaming reads (export): one cursor each, so memory stays bounded. Run them inside one read

@@ -16,6 +16,7 @@ import msgspec
 
 from tracker.records import Appended, Entry, Reject
 from tracker.render import ended_at
+from tracker.storage.sqlite.lock import WriterLock
 from tracker.state import CallState, direction_of, evolve, initial_state, outcome_for, status_of
 
 CACHE_CALLS: Final = 20_000  # calls whose state the writer keeps in memory
@@ -86,9 +87,14 @@ class Appender:
     """The write path on one connection. Its methods belong to one thread at a time."""
 
     def __init__(
-        self, conn: sqlite3.Connection, outcomes: Mapping[str, str], quarantine_max_bytes: int
+        self,
+        conn: sqlite3.Connection,
+        outcomes: Mapping[str, str],
+        quarantine_max_bytes: int,
+        lock: WriterLock | None = None,
     ) -> None:
         self.conn = conn
+        self.lock = lock
         self.outcomes = outcomes
         self.quarantine_max_bytes = quarantine_max_bytes
         self._cache: dict[str, _Call] = {}
@@ -106,7 +112,16 @@ class Appender:
         """Append every group's entries and refresh the projection, all in one transaction.
 
         Returns each group's results in order. Raises ``sqlite3.Error`` with nothing written.
+        With a :class:`WriterLock`, the transaction runs while holding it (several processes).
         """
+        if self.lock is None:
+            return self._transaction(groups, rejects)
+        with self.lock.held():
+            return self._transaction(groups, rejects)
+
+    def _transaction(
+        self, groups: Sequence[Sequence[Entry]], rejects: Sequence[Reject]
+    ) -> list[list[Appended]]:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         touched: dict[str, _Call] = {}
