@@ -50,7 +50,7 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=False)
         self.ingested = Counter(
             "tracker_events_ingested",
-            'Distinct events appended to the log, by type (types Bandwidth does not document '
+            "Distinct events appended to the log, by type (types Bandwidth does not document "
             'count as "other").',
             ["event_type"],
             registry=r,
@@ -126,6 +126,6 @@ class Metrics:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         together = CollectorRegistry(auto_describe=False)
-        MultiProcessCollector(together, path=self._shared)
+        MultiProcessCollector(together, path=self._shared)  # type: ignore[no-untyped-call]
         together.register(self._head)
         return generate_latest(together)

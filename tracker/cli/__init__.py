@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="address to listen on (server.host)")
     p.add_argument("--port", type=int, help="port to listen on; 0 picks a free one (server.port)")
-    p.add_argument(
-        "--workers", type=int, help="worker processes serving the port (server.workers)"
-    )
+    p.add_argument("--workers", type=int, help="worker processes serving the port (server.workers)")
 
     p = command(
         "replay",

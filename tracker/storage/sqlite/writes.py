@@ -16,8 +16,8 @@ import msgspec
 
 from tracker.records import Appended, Entry, Reject
 from tracker.render import ended_at
-from tracker.storage.sqlite.lock import WriterLock
 from tracker.state import CallState, direction_of, evolve, initial_state, outcome_for, status_of
+from tracker.storage.sqlite.lock import WriterLock
 
 CACHE_CALLS: Final = 20_000  # calls whose state the writer keeps in memory
 
