@@ -132,6 +132,7 @@ class Load:
         self.errors = 0
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._clients: list[httpx.Client] = []
 
     def post(self, event: dict[str, str]) -> None:
         c: httpx.Client | None = getattr(self._local, "client", None)
@@ -141,6 +142,8 @@ class Load:
             if c is not None:
                 c.close()
             c = self._local.client = self.server.client(timeout=30.0)
+            with self._lock:
+                self._clients.append(c)
         try:
             r = c.post("/callbacks", json=event)
         except httpx.TransportError:
@@ -156,8 +159,12 @@ class Load:
                 self.other.append(r.status_code)
 
     def run(self, events: list[dict[str, str]], threads: int = 8) -> None:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(self.post, events))
+        try:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(self.post, events))
+        finally:
+            for c in self._clients:
+                c.close()
 
 
 def assert_acked_are_logged_gap_free(c: httpx.Client, load: Load) -> list[dict[str, Any]]:
