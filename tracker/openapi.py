@@ -300,6 +300,10 @@ def document() -> dict[str, Any]:
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
                     **_errors(400, 401),
+                    "503": _json(
+                        "Error",
+                        "query.max_streams streams are open in this process (too_many_streams)",
+                    ),
                 },
             }
         },
