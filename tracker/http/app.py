@@ -15,6 +15,7 @@ import contextlib
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -257,13 +258,8 @@ class TrackerApp:
         writer = self.writer
         if writer is None:
             raise StorageUnavailable("the service is not started (lifespan not run)")
-        healthy = writer.healthy  # after a failed commit, only a real write proves the fault gone
-
-        def probe(s: Storage) -> int:
-            s.probe(write=not healthy)
-            return s.head()  # the log's head: other workers or hosts may have committed since
-
-        head = await self.queries.read(probe)
+        # after a failed commit, only a real write proves the fault gone
+        head = await self.queries.read(partial(_ready, write=not writer.healthy))
         scope = request.scope
         if (
             self._token is not None
@@ -278,16 +274,10 @@ class TrackerApp:
         )
 
     async def metrics_route(self, request: Request) -> Response:
-        last = 0
-        if self.writer is not None:
-            last = self.writer.last_seq
-            with contextlib.suppress(StorageUnavailable):  # metrics go on without the database
-                # the log's head, whichever process committed it
-                last = max(last, await self.queries.read(lambda s: s.head()))
-        return Response(
-            self.metrics.render(last),
-            media_type="text/plain; version=0.0.4",
-        )
+        last = self.writer.last_seq if self.writer is not None else 0
+        with contextlib.suppress(StorageUnavailable):  # metrics go on without the database
+            last = await self.queries.read(_head)  # the log's head, whoever committed it
+        return Response(self.metrics.render(last), media_type="text/plain; version=0.0.4")
 
     async def openapi(self, request: Request) -> Response:
         return Response(self._openapi, media_type="application/json")
@@ -322,6 +312,16 @@ class TrackerApp:
             500,
             media_type="application/json",
         )
+
+
+def _ready(storage: Storage, *, write: bool) -> int:
+    """``/readyz``: the probe, then the log's head (other workers or hosts commit too)."""
+    storage.probe(write=write)
+    return storage.head()
+
+
+def _head(storage: Storage) -> int:
+    return storage.head()
 
 
 def _host_refused(got: bytes | None) -> HostNotAllowed:
