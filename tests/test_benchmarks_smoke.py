@@ -22,6 +22,7 @@ SCRIPTS = [
     "bench_ceiling.py",
     "bench_dashboard.py",
     "bench_postgres.py",
+    "bench_workers.py",
 ]
 NEEDS_WRK = {
     "bench_ingest.py",
@@ -29,6 +30,7 @@ NEEDS_WRK = {
     "bench_query.py",
     "bench_ceiling.py",
     "bench_postgres.py",
+    "bench_workers.py",
 }
 TITLES = {
     "bench_ingest.py": "## Ingest",
@@ -38,6 +40,7 @@ TITLES = {
     "bench_ceiling.py": "## Ingest ceilings",
     "bench_dashboard.py": "## Dashboard",
     "bench_postgres.py": "## PostgreSQL",
+    "bench_workers.py": "## Workers",
 }
 
 
