@@ -31,9 +31,12 @@ class HeadWatch:
         self._conn: sqlite3.Connection | None = None
         self._version: int | None = None
         self._head = 0
+        self._closed = False
 
     def _poll(self) -> int:
         with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the storage is closed")
             if self._conn is None:
                 self._conn = self._connect()
                 self._version = None
@@ -56,6 +59,7 @@ class HeadWatch:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.close()
