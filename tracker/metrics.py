@@ -30,17 +30,18 @@ OTHER = "other"
 MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"  # set: several workers share the counts
 
 
-class _Head(Collector):
-    """``tracker_log_last_seq``: the committed head, read from the storage at each scrape (it
-    is the log's, whichever process committed it)."""
+class _AtScrape(Collector):
+    """A gauge whose value is read at each scrape (from the storage: the log's, whichever
+    process committed), not kept per process: ``tracker_log_last_seq``."""
 
-    def __init__(self) -> None:
-        self.value = 0
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value: float | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily(
-            "tracker_log_last_seq", "The highest committed log position.", value=self.value
-        )
+        if self.value is not None:
+            yield GaugeMetricFamily(self.name, self.documentation, value=self.value)
 
 
 class Metrics:
@@ -106,7 +107,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self._head = _Head()
+        self._head = _AtScrape("tracker_log_last_seq", "The highest committed log position.")
         r.register(self._head)
         # the library's mode was chosen when it was imported: in-process values ignore the dir
         self._shared = None if ValueClass is MutexValue else os.environ.get(MULTIPROC_DIR)
