@@ -260,9 +260,9 @@ class RawStream:
 
 
 def test_a_stream_on_either_worker_carries_every_event_of_both_in_order_within_a_second(
-    tmp_path: Path,
+    db_target: str,
 ) -> None:
-    with workers(str(tmp_path / "t.db")) as server:
+    with workers(db_target) as server:
         streams: list[RawStream] = []
         held: dict[int, RawStream] = {}
         while len(held) < 2:  # a stream on each worker (the kernel decides which gets one)
