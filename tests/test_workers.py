@@ -339,9 +339,9 @@ def test_streams_beyond_max_streams_get_503_too_many_streams(tmp_path: Path) -> 
 
 
 def test_kill_9_of_a_worker_under_load_loses_nothing_acknowledged_and_it_is_replaced(
-    tmp_path: Path,
+    db_target: str,
 ) -> None:
-    with workers(str(tmp_path / "t.db")) as server:
+    with workers(db_target) as server:
         before = worker_pids(server)
         load = Load(server)
 
