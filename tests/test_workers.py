@@ -395,3 +395,16 @@ def test_a_worker_count_below_one_is_refused_naming_the_key(tmp_path: Path) -> N
 
     r = run_tracker("serve", "--workers", "0", "--db", str(tmp_path / "t.db"))
     assert r.returncode == 2 and "server.workers" in r.stderr
+
+
+def test_workers_whose_main_process_is_killed_stop_by_themselves(tmp_path: Path) -> None:
+    with workers(str(tmp_path / "t.db")) as server:
+        pids = worker_pids(server)
+        with server.client() as c:
+            assert c.post("/callbacks", json=an_event(1)).status_code == 200
+        server.kill9()  # the main process cannot stop its workers: they notice and stop
+
+        def gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+        wait_until(gone, timeout=30)

@@ -5,7 +5,8 @@ The main process binds the socket, then runs uvicorn's own supervisor
 builds the app from the settings and serves the inherited socket with :class:`TrackerServer`
 (the kernel hands each new connection to one of them). The supervisor replaces a worker that
 dies (even by ``kill -9``); SIGTERM or SIGINT to the main process stops every worker gracefully,
-and the main process exits 0 once they have all exited. Before it starts any, the main process
+and the main process exits 0 once they have all exited; a worker whose main process was killed
+(``kill -9``) stops by itself. Before it starts any, the main process
 points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory, so ``/metrics`` on any worker counts
 all of them (:mod:`tracker.metrics`); it removes the directory when it ends. How the workers
 share one SQLite file: :mod:`tracker.storage.sqlite.lock` and :mod:`tracker.storage.sqlite.watch`.
@@ -23,6 +24,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Final
 
@@ -37,6 +39,7 @@ from tracker.metrics import MULTIPROC_DIR
 GC_THRESHOLDS: Final = (20_000, 20, 1_000)  # gc.set_threshold for `tracker serve`
 GRACEFUL_SHUTDOWN_SECONDS: Final = 5  # then open connections (SSE streams) are cancelled
 READY_SECONDS: Final = 60  # for each worker to start serving
+ORPHAN_POLL_SECONDS: Final = 0.5  # how often a worker checks that its main process lives
 logger = logging.getLogger("uvicorn.error")
 
 
@@ -129,6 +132,7 @@ class Worker(Process):
     ) -> None:
         self.settings = settings
         self.db = db
+        self.parent = os.getpid()  # the main process (it may be gone by the time we start)
         self._tracker: TrackerServer | None = None
         super().__init__(logging_config, sockets)
 
@@ -140,6 +144,10 @@ class Worker(Process):
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:  # in the worker
         server = self.server  # built before the health-check thread asks for it
+        watch = threading.Thread(
+            target=_stop_when_orphaned, args=(server, self.parent), daemon=True
+        )
+        watch.start()
         settle_memory()
         super().target(sockets)
         if not server.started:
@@ -199,6 +207,17 @@ class Supervisor(Multiprocess):
 
     def handle_ttou(self) -> None:
         logger.info("SIGTTOU: the number of workers is server.workers")
+
+
+def _stop_when_orphaned(server: uvicorn.Server, parent: int) -> None:
+    """A worker whose main process is gone (killed with ``kill -9``: it could not stop its
+    workers) shuts down gracefully by itself instead of serving on, unsupervised."""
+    while not server.should_exit:
+        if os.getppid() != parent:
+            logger.warning("the main process is gone: stopping")
+            server.should_exit = True
+            return
+        time.sleep(ORPHAN_POLL_SECONDS)
 
 
 def _mark_dead(pid: int | None) -> None:
