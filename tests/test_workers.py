@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -48,7 +49,11 @@ def wait_until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
 def workers(db: str, n: int = 2, **kw: Any) -> Iterator[Server]:
     with running(db, args=["--workers", str(n)], timeout=60.0, **kw) as server:
         wait_until(lambda: len(worker_pids(server)) == n)
-        yield server
+        try:
+            yield server
+        finally:  # gracefully: the main process then removes its metrics directory
+            if server.proc.poll() is None:
+                server.terminate(timeout=60.0)
 
 
 def worker_pids(server: Server) -> list[int]:
@@ -400,6 +405,7 @@ def test_a_worker_count_below_one_is_refused_naming_the_key(tmp_path: Path) -> N
 def test_workers_whose_main_process_is_killed_stop_by_themselves(tmp_path: Path) -> None:
     with workers(str(tmp_path / "t.db")) as server:
         pids = worker_pids(server)
+        shared = _multiproc_dir(pids[0])
         with server.client() as c:
             assert c.post("/callbacks", json=an_event(1)).status_code == 200
         server.kill9()  # the main process cannot stop its workers: they notice and stop
@@ -408,3 +414,4 @@ def test_workers_whose_main_process_is_killed_stop_by_themselves(tmp_path: Path)
             return not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
         wait_until(gone, timeout=30)
+        shutil.rmtree(shared)  # the main process could not remove it
