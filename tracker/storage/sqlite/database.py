@@ -225,13 +225,22 @@ class SqliteStorage:
 
     # -- the commands ------------------------------------------------------------------------
 
-    def replay(self, *, check: bool = False, progress: Progress | None = None) -> list[Drift]:
+    def replay(
+        self, *, check: bool = False, progress: Progress | None = None, rebuild: bool = False
+    ) -> list[Drift]:
         appender = self._writable()
         appender.forget()  # the swap rewrites calls through this very connection
         try:
             reader = connect(self.path, busy_ms=self.busy_ms)
             try:
-                return replay(self.conn, reader, self.outcomes, check=check, progress=progress)
+                return replay(
+                    self.conn,
+                    reader,
+                    self.outcomes,
+                    check=check,
+                    progress=progress,
+                    rebuild=rebuild,
+                )
             finally:
                 reader.close()
         except sqlite3.Error as err:
