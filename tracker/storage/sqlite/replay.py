@@ -6,8 +6,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import chain, groupby
-from operator import itemgetter
 from typing import Any, Final
 
 import msgspec
@@ -29,12 +27,24 @@ _INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
 
 
 def _fold_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[int, CallState]]:
-    """Fold rows ``(call_key, seq, call_id, fact)`` ordered by call_key: one state per call."""
+    """Fold rows ``(call_key, seq, call_id, fact)`` ordered by call_key: one state per call.
+
+    A plain loop into a list per call: over a million events, groupby's sub-iterators and a
+    generator per call cost more than the fold itself (BENCHMARKS.md)."""
     decode = _fact_dec.decode
-    for call_key, group in groupby(rows, key=itemgetter(0)):
-        first = next(group)
-        rest = ((decode(r[3]), r[1]) for r in group)  # noqa: B031 (consumed before the next group)
-        yield call_key, fold_distinct(chain([(decode(first[3]), first[1])], rest), first[2])
+    key: int | None = None
+    call_id = ""
+    pairs: list[tuple[Fact, int | None]] = []
+    append = pairs.append
+    for call_key, seq, cid, blob in rows:
+        if call_key != key:
+            if key is not None:
+                yield key, fold_distinct(pairs, call_id)
+            key, call_id, pairs = call_key, cid, []
+            append = pairs.append
+        append((decode(blob), seq))
+    if key is not None:
+        yield key, fold_distinct(pairs, call_id)
 
 
 def _iter_folded(conn: sqlite3.Connection, max_seq: int) -> Iterator[tuple[int, CallState]]:
