@@ -18,6 +18,12 @@ every connection including the ones already serving, while the surplus sockets s
   ``503 too_many_connections`` at once and closed; connections already open are not affected,
   so a keep-alive sender (Bandwidth, a proxy) keeps being served while a flood is refused.
 
+And one write per answer: uvicorn writes a response's head and its body with a transport write
+each (two system calls, two TCP segments for every small answer). Each response's transport here
+holds the head until the body's first write and sends both in one (:class:`OneWrite`); a head
+with no body right behind it (a stream waiting for its first event) leaves at the end of the
+event loop's turn.
+
 Errors have the API's one shape (``{"error", "detail"}``) and ``Connection: close``; after
 sending one the connection reads and drops what the client still sends for a moment (a
 "lingering close", so the answer is not lost to a reset), then closes.
@@ -26,7 +32,7 @@ sending one the connection reads and drops what the client still sends for a mom
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -49,6 +55,46 @@ def _raw_error(err: TrackerError) -> bytes:
             body,
         ]
     )
+
+
+class OneWrite:
+    """The transport uvicorn's request-response cycle writes to: its first write (the head) is
+    held until the next (the body) and both go out in one write, or, if no write follows in this
+    turn of the loop, on its own. Everything else is the connection's transport."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = b""  # b"": nothing written yet; None: the head is out
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._transport.write(data)
+        elif not held:
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._held = None
+            if len(data) < 16384:
+                self._transport.write(held + data)
+            else:
+                self._transport.writelines((held, data))
+
+    def flush(self) -> None:
+        held = self._held
+        self._held = None
+        if held:
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -122,6 +168,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(self._too_large())  # the rest of this read is ignored (callbacks below)
             return
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None:  # its task has not run yet: it writes through this
+            cycle.transport = cast(asyncio.Transport, OneWrite(self.transport, self.loop))
 
     # Once refused, what the parser still finds in the current read is ignored.
 
