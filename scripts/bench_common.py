@@ -915,10 +915,11 @@ def tracker_ingest_run(
     connections: int,
     threads: int,
     synchronous: str = "normal",
+    tree: str | None = None,
     on_running: Callable[[Server], None] | None = None,
 ) -> IngestRun:
     """Start the tracker on ``db``, warm up, measure, stop gracefully, verify."""
-    srv = start_tracker(db, synchronous=synchronous)
+    srv = start_tracker(db, synchronous=synchronous, tree=tree)
     try:
         idle = srv.rss_mb()
         if warm_bodies is not None and warmup > 0:

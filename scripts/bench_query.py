@@ -20,7 +20,8 @@ every id): the ceiling of the by-id route, i.e. what is left for SQLite and the 
 
 ``--before DIR`` adds ``tracker serve`` from another checkout (by id only), same run.
 
-Target (issue 14): by id >= 0.70x the constant-JSON route's req/s (the list has no target: shown for scale).
+Target (issue 14): by id >= 0.70x the constant-JSON route's req/s (the list has no target:
+shown for scale).
 """
 
 from __future__ import annotations

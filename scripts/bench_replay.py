@@ -90,9 +90,7 @@ def run_child(cmd: list[str], out: Path, cwd: str | None = None) -> dict[str, An
         env["PYTHONPATH"] = cwd
     with out.open("w") as fh:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd
-        )
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -193,6 +191,7 @@ def main() -> int:
         )
     )
     print()
+
     def vs_baseline(side: str) -> list[str]:
         r = bc.med(col(side, "wall_s")) / bc.med(col("baseline", "wall_s"))
         per = [a / b for a, b in zip(col(side, "wall_s"), col("baseline", "wall_s"), strict=False)]
