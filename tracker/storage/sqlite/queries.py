@@ -10,8 +10,6 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import msgspec
-
 from tracker.records import (
     TIMELINE_PAGE_BYTES,
     CallRecord,
@@ -21,12 +19,24 @@ from tracker.records import (
     StoredReject,
     TimelinePlace,
 )
-from tracker.state import CallState
-from tracker.storage.sqlite.schema import FILTER_COLUMNS
-
-_state_dec = msgspec.msgpack.Decoder(CallState)
-
-EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body"
+from tracker.storage.sql import (
+    COUNTED_COLUMNS,
+    EVENT_COLUMNS,
+    calls_page,
+    calls_page_query,
+    count_query,
+    counts_of,
+    kpi_clause,
+    rejects_page,
+    rejects_query,
+    series_of,
+    series_query,
+    time_range,
+    timeline_keys_query,
+    timeline_page,
+    where,
+)
+from tracker.storage.sql import state_decoder as _state_dec
 
 
 def record(state: bytes, outcome: str | None) -> CallRecord:
@@ -54,28 +64,8 @@ def timeline(
     row = conn.execute("SELECT call_key FROM calls WHERE call_id = ?", (call_id,)).fetchone()
     if row is None:
         return None
-    where, args = "call_key = ?", [row[0]]
-    if after is not None:
-        at, seq = after
-        if at is None:
-            where += " AND event_time IS NULL AND seq > ?"
-            args.append(seq)
-        else:
-            where += " AND (event_time IS NULL OR event_time > ? OR (event_time = ? AND seq > ?))"
-            args += [at, at, seq]
-    keys = conn.execute(
-        f"SELECT event_time, seq, length(body) FROM events WHERE {where}"
-        " ORDER BY event_time IS NULL, event_time, seq LIMIT ?",
-        (*args, limit + 1),
-    ).fetchall()
-    take, size = 0, 0
-    for _at, _seq, n in keys[:limit]:
-        if take and size + n > max_bytes:
-            break
-        take, size = take + 1, size + n
-    page = keys[:take]
-    nxt = (page[-1][0], page[-1][1]) if take < len(keys) else None
-    seqs = [k[1] for k in page]
+    sql, args = timeline_keys_query("?", "length", row[0], after, limit)
+    seqs, nxt = timeline_page(conn.execute(sql, args).fetchall(), limit, max_bytes)
     if not seqs:
         return [], None
     rows = {
@@ -105,69 +95,29 @@ def list_calls(
     before_seq: int | None = None,
 ) -> tuple[list[CallRecord], int | None]:
     """Calls, highest ``lastSeq`` first; returns the page and the next cursor."""
-    where: list[str] = []
-    args: list[Any] = []
-    for name, value in filters.items():
-        where.append(f"{FILTER_COLUMNS[name]} = ?")
-        args.append(value)
-    if since is not None:
-        where.append("first_event_at >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("first_event_at < ?")
-        args.append(until)
-    if before_seq is not None:
-        where.append("last_seq < ?")
-        args.append(before_seq)
-    sql = "SELECT state, outcome, last_seq FROM calls"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY last_seq DESC LIMIT ?"
-    args.append(limit + 1)
-    rows = conn.execute(sql, args).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    decode = _state_dec.decode
-    page = [CallRecord(decode(r[0]), r[1]) for r in rows]
-    return page, (rows[-1][2] if more and rows else None)
+    sql, args = calls_page_query(
+        "?", filters, since=since, until=until, limit=limit, before_seq=before_seq
+    )
+    return calls_page(conn.execute(sql, args).fetchall(), limit)
 
 
 def stats(
     conn: sqlite3.Connection, *, since: int | None = None, until: int | None = None
 ) -> Counts:
-    where: list[str] = []
-    args: list[Any] = []
-    if since is not None:
-        where.append("first_event_at >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("first_event_at < ?")
-        args.append(until)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    out: list[dict[str, int]] = []
-    total = 0
-    for column in ("status", "outcome", "cause"):
-        counts: dict[str, int] = {}
-        for value, n in conn.execute(
-            f"SELECT {column}, count(*) FROM calls{clause} GROUP BY {column} ORDER BY {column}",
-            args,
-        ):
-            if value is not None:
-                counts[value] = n
-            if column == "status":
-                total += n
-        out.append(counts)
-    return Counts(total, out[0], out[1], out[2], kpis(conn, clause, args))
+    parts, args = time_range("?", since, until)
+    clause = where(parts)
+    rows = [conn.execute(count_query(column, clause), args) for column in COUNTED_COLUMNS]
+    return counts_of(rows, kpis(conn, clause, args))
 
 
 def kpis(conn: sqlite3.Connection, clause: str, args: list[Any]) -> Kpis:
     """One pass over the ended calls' time columns. ``total()`` sums in floating point, so
     nonsensical far-apart times cannot overflow."""
-    where = clause + (" AND " if clause else " WHERE ") + "status = 'ended'"
     row = conn.execute(
         "SELECT count(*), count(answered_at),"
         " total(ended_at - answered_at), count(ended_at - answered_at),"
-        f" total(answered_at - started_at), count(answered_at - started_at) FROM calls{where}",
+        " total(answered_at - started_at), count(answered_at - started_at)"
+        f" FROM calls{kpi_clause(clause)}",
         args,
     ).fetchone()
     return Kpis(*row)
@@ -185,46 +135,14 @@ def series(
 ) -> dict[str, list[int]]:
     """Calls by first-event-time bucket (``[since, until)`` in ``step_ms`` slices) and outcome
     (calls not ended yet under ``in_progress``): ``{outcome: [count per bucket]}``."""
-    n = max(1, -(-(until - since) // step_ms))
-    out: dict[str, list[int]] = {}
-    for bucket, outcome, count in conn.execute(
-        "SELECT (first_event_at - ?) / ? AS b, outcome, count(*) FROM calls"
-        " WHERE first_event_at >= ? AND first_event_at < ? GROUP BY b, outcome",
-        (since, step_ms, since, until),
-    ):
-        key = outcome if outcome is not None else "in_progress"
-        counts = out.get(key)
-        if counts is None:
-            counts = out[key] = [0] * n
-        counts[bucket] += count
-    return out
+    rows = conn.execute(series_query("?"), (since, step_ms, since, until))
+    return series_of(rows, since, until, step_ms)
 
 
 def list_rejects(
     conn: sqlite3.Connection, after: int, limit: int
 ) -> tuple[list[StoredReject], int | None]:
-    rows = conn.execute(
-        "SELECT id, received_at, status, error, detail, content_type, path, size, truncated, body"
-        " FROM rejects WHERE id > ? ORDER BY id LIMIT ?",
-        (after, limit + 1),
-    ).fetchall()
-    more = len(rows) > limit
-    out = [
-        StoredReject(
-            id=r[0],
-            received_at=r[1],
-            status=r[2],
-            error=r[3],
-            detail=r[4],
-            content_type=r[5],
-            path=r[6],
-            size=r[7],
-            truncated=bool(r[8]),
-            body=bytes(r[9] or b""),
-        )
-        for r in rows[:limit]
-    ]
-    return out, (out[-1].id if more and out else None)
+    return rejects_page(conn.execute(rejects_query("?"), (after, limit + 1)).fetchall(), limit)
 
 
 def counts(conn: sqlite3.Connection) -> tuple[int, int]:

@@ -27,15 +27,6 @@ from tracker.storage.sqlite.writes import state_times
 SCHEMA_VERSION: Final = 2  # 2: the started_at, answered_at, ended_at columns of calls
 
 #: The projection's column of each filter of ``GET /calls``.
-FILTER_COLUMNS: Final = {
-    "status": "status",
-    "outcome": "outcome",
-    "cause": "cause",
-    "direction": "direction",
-    "from": "from_number",
-    "to": "to_number",
-    "tag": "tag",
-}
 
 
 def connect(
