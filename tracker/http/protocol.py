@@ -86,7 +86,7 @@ class OneWrite:
     def flush(self) -> None:
         held = self._held
         self._held = None
-        if held:
+        if held and not self._transport.is_closing():  # closed meanwhile: nobody to send to
             self._transport.write(held)
 
     def close(self) -> None:
