@@ -208,6 +208,15 @@ def main() -> int:
                     bc.verdict(ratio <= 3),
                 ],
                 *[[*vs_baseline(side), "", ""] for side in sides[2:]],
+                *[
+                    [
+                        f"{side} / baseline CPU time (steadier than wall on a loaded host)",
+                        f"{bc.med(col(side, 'cpu_s')) / bc.med(col('baseline', 'cpu_s')):.2f}",
+                        "",
+                        "",
+                    ]
+                    for side in sides[1:]
+                ],
                 ["replay peak RSS (MB)", f"{rss:.1f}", "<= 200", bc.verdict(rss <= 200)],
                 ["replay events/s", f"{n_events / bc.med(col('replay', 'wall_s')):,.0f}", "", ""],
             ],
