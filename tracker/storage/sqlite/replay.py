@@ -116,7 +116,6 @@ def replay(
     conn: sqlite3.Connection,
     reader: sqlite3.Connection,
     outcomes: Mapping[str, str],
-    *,
     check: bool = False,
     progress: Progress | None = None,
     rebuild: bool = False,
