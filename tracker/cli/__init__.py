@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild the call projection from the log",
         "Rebuild every call's state from the event log and make the projection match it "
         "atomically (safe while the server runs): the calls that differ are rewritten in one "
-        "transaction, or, when more than a tenth of them do (or with --rebuild), every call is "
-        "folded into a new table that is swapped in. With --check, compare instead: print each "
-        "call whose stored state differs (field: have -> want) and exit 1 if any does.",
+        "transaction, or, when more than 1,000 and a tenth of them do (or with --rebuild), "
+        "every call is folded into a new table that is swapped in. With --check, compare "
+        "instead: print each call whose stored state differs (field: have -> want) and exit 1 "
+        "if any does.",
     )
     p.add_argument("--check", action="store_true", help="report drift, change nothing")
     p.add_argument(
