@@ -585,9 +585,12 @@ def _serve_args(db: Path) -> list[str]:
     return ["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db)]
 
 
-def start_tracker(db: Path, *, synchronous: str = "normal") -> Server:
+def start_tracker(db: Path, *, synchronous: str = "normal", tree: str | None = None) -> Server:
+    """``tracker serve`` on ``db``; ``tree``: another checkout's ``tracker`` package (a before)."""
     cmd = [PY, "-m", "tracker", *_serve_args(db)]
     env = clean_env(TRACKER_STORAGE_SYNCHRONOUS=synchronous)
+    if tree is not None:
+        env["PYTHONPATH"] = str(Path(tree).resolve())
     return start_server(f"tracker({synchronous})", cmd, env)
 
 
@@ -912,10 +915,11 @@ def tracker_ingest_run(
     connections: int,
     threads: int,
     synchronous: str = "normal",
+    tree: str | None = None,
     on_running: Callable[[Server], None] | None = None,
 ) -> IngestRun:
     """Start the tracker on ``db``, warm up, measure, stop gracefully, verify."""
-    srv = start_tracker(db, synchronous=synchronous)
+    srv = start_tracker(db, synchronous=synchronous, tree=tree)
     try:
         idle = srv.rss_mb()
         if warm_bodies is not None and warmup > 0:

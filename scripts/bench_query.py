@@ -18,7 +18,10 @@ A third server, ``nolookup`` (scripts/whatif_serve.py constview), is ``tracker s
 lookup and the rendering of ``GET /calls/{callId}`` switched off (it answers the same view for
 every id): the ceiling of the by-id route, i.e. what is left for SQLite and the render.
 
-Target: by id >= 0.80x the constant-JSON route's req/s (the list has no target: shown for scale).
+``--before DIR`` adds ``tracker serve`` from another checkout (by id only), same run.
+
+Target (issue 14): by id >= 0.70x the constant-JSON route's req/s (the list has no target:
+shown for scale).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=bc.DB_EVENTS)
     parser.add_argument("--calls", type=int, default=bc.DB_CALLS)
     parser.add_argument("--outcome", default="busy", help="the list filter (outcome=...)")
+    parser.add_argument("--before", metavar="DIR", help="also by id from this checkout's tracker")
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.duration, args.warmup = 1, 1.0, 0.0
@@ -63,7 +67,7 @@ def main() -> int:
     page_paths.write_text("".join(p + "\n" for p in pages))
 
     tracker = bc.start_tracker(db)
-    bare = nolookup = None
+    bare = nolookup = before = None
     try:
         # the bare routes answer real bodies of this database: the median-sized view, page one
         by_len = sorted(ids[:: max(1, len(ids) // 2000)], key=len)
@@ -75,11 +79,14 @@ def main() -> int:
         bare = bc.start_bare(view_file=work / "view.json", page_file=work / "page.json")
         nolookup = bc.start_whatif("constview", db, WHATIF_VIEW_FILE=str(work / "view.json"))
         servers = {"bare": bare, "tracker": tracker, "nolookup": nolookup}
+        if args.before:
+            before = bc.start_tracker(db, tree=args.before)
+            servers["before"] = before
         endpoints = {"id": id_paths, "list": page_paths}
         if args.warmup > 0:
             for ep, paths in endpoints.items():
                 for name, srv in servers.items():
-                    if name == "nolookup" and ep != "id":
+                    if name in ("nolookup", "before") and ep != "id":
                         continue
                     bc.log(f"warm-up: {name} {ep}")
                     bc.run_wrk(
@@ -95,7 +102,7 @@ def main() -> int:
             f"{name}-{ep}"
             for ep in endpoints
             for name in servers
-            if not (name == "nolookup" and ep != "id")
+            if not (name in ("nolookup", "before") and ep != "id")
         ]
         results: dict[str, list[bc.WrkResult]] = {s: [] for s in sides}
         memory: dict[str, list[dict[str, float]]] = {s: [] for s in sides if "tracker-" in s}
@@ -117,7 +124,7 @@ def main() -> int:
         load1 = os.getloadavg()
     finally:
         tracker.stop()
-        for srv in (bare, nolookup):
+        for srv in (bare, nolookup, before):
             if srv is not None:
                 srv.stop()
 
@@ -143,7 +150,7 @@ def main() -> int:
     ]
     summary: dict[str, Any] = {}
     ratio_rows = []
-    for ep, target in (("id", 0.80), ("list", None)):
+    for ep, target in (("id", 0.70), ("list", None)):
         r = bc.med(col(f"tracker-{ep}", "rps")) / bc.med(col(f"bare-{ep}", "rps"))
         paired = [
             a / b
@@ -164,6 +171,10 @@ def main() -> int:
         if ep == "id":
             ceiling = bc.med(col("nolookup-id", "rps")) / bc.med(col("bare-id", "rps"))
             summary["id"]["nolookup_ratio"] = ceiling
+            if args.before:
+                r0 = bc.med(col("before-id", "rps")) / bc.med(col("bare-id", "rps"))
+                summary["id"]["before_ratio"] = r0
+                ratio_rows.append([f"{what}: before / bare", f"{r0:.2f}", "(none)", "-"])
             ratio_rows.append(
                 [
                     f"{what}: nolookup / bare (the ceiling: no SQLite, no render)",

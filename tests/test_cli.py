@@ -487,6 +487,24 @@ def test_replay_check_reports_a_call_missing_from_the_projection(db: Target) -> 
     assert check.returncode == 1 and '"c-1"' in check.stdout
 
 
+def test_replay_repairs_two_calls_whose_ids_were_swapped(db: Target) -> None:
+    execute(db, "UPDATE calls SET call_id = 'swap' WHERE call_id = 'c-1'")
+    execute(db, "UPDATE calls SET call_id = 'c-1' WHERE call_id = 'c-2'")
+    execute(db, "UPDATE calls SET call_id = 'c-2' WHERE call_id = 'swap'")
+    assert run(db.parent, "replay", "--db", db.name).returncode == 0
+    after = run(db.parent, "replay", "--check", "--db", db.name)
+    assert (after.returncode, "no drift" in after.stdout) == (0, True)
+
+
+def test_replay_rebuild_folds_every_call_into_a_new_table_and_repairs_too(db: Target) -> None:
+    tamper(db, "c-2", status="answered", outcome=None)
+    replay = run(db.parent, "replay", "--rebuild", "--db", db.name)
+    assert replay.returncode == 0, replay.stderr
+    after = run(db.parent, "replay", "--check", "--db", db.name)
+    assert (after.returncode, "no drift" in after.stdout) == (0, True)
+    assert json.loads(run(db.parent, "show", "c-2", "--db", db.name).stdout)["status"] == "ended"
+
+
 # --------------------------------------------------------------------------------------------
 # backup
 

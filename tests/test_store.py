@@ -20,6 +20,7 @@ from tracker.state import CallState, fact_of, fold
 from tracker.storage.errors import CommitFailed
 from tracker.storage.sqlite import SqliteStorage as Store
 from tracker.storage.sqlite import queries
+from tracker.storage.sqlite import replay as sqlite_replay
 from tracker.storage.sqlite.schema import SCHEMA_VERSION, connect, create_calls_table
 
 # The SQLite implementation's reads on a connection, rendered as the API shows them.
@@ -322,7 +323,46 @@ def test_replay_check_reports_calls_missing_from_or_absent_in_the_log(store):
     assert store.replay(check=True) == []
 
 
-def test_replay_twice_in_a_row_alternates_index_names(store):
+def test_replay_of_a_projection_that_agrees_with_the_log_writes_no_row(store):
+    populate(store, 20)
+    before = store.conn.total_changes
+    assert store.replay() == []
+    assert store.conn.total_changes == before
+    assert suffixes(store) == {"a"}  # no new table either
+
+
+def test_replay_rewrites_only_the_differing_calls_in_place(store):
+    populate(store, 20)
+    good = views(store.conn)
+    store.conn.execute("UPDATE calls SET status = 'started' WHERE call_id = 'c-3'")
+    store.conn.execute("DELETE FROM calls WHERE call_id = 'c-7'")
+    before = store.conn.total_changes
+    store.replay()
+    assert store.conn.total_changes - before == 3  # c-3 deleted and written back, c-7 written
+    assert suffixes(store) == {"a"}
+    assert views(store.conn) == good
+    assert store.replay(check=True) == []
+
+
+def test_replay_rebuilds_into_a_new_table_when_many_calls_differ(store, monkeypatch):
+    monkeypatch.setattr(sqlite_replay, "DIFF_MIN", 2)
+    populate(store, 20)
+    good = views(store.conn)
+    store.conn.execute("UPDATE calls SET status = 'started' WHERE call_key <= 5")
+    store.replay()
+    assert suffixes(store) == {"b"}
+    assert views(store.conn) == good
+    assert store.replay(check=True) == []
+
+
+def suffixes(store: Store) -> set[str]:
+    rows = store.conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'calls'"
+    ).fetchall()
+    return {name.rsplit("_", 1)[1] for (name,) in rows if name.startswith("calls_")}
+
+
+def test_a_full_rebuild_twice_in_a_row_alternates_index_names(store):
     populate(store, 4)
 
     def suffixes() -> set[str]:
@@ -332,9 +372,9 @@ def test_replay_twice_in_a_row_alternates_index_names(store):
         return {name.rsplit("_", 1)[1] for (name,) in rows if name.startswith("calls_")}
 
     assert suffixes() == {"a"}
-    store.replay()
+    store.replay(rebuild=True)
     assert suffixes() == {"b"}
-    store.replay()
+    store.replay(rebuild=True)
     assert suffixes() == {"a"}
     assert store.replay(check=True) == []
     tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

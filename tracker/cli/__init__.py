@@ -81,11 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         "replay",
         cmd_replay,
         "rebuild the call projection from the log",
-        "Rebuild every call's state from the event log into a new table and swap it in "
-        "atomically (safe while the server runs). With --check, compare instead: print each "
-        "call whose stored state differs (field: have -> want) and exit 1 if any does.",
+        "Rebuild every call's state from the event log and make the projection match it "
+        "atomically (safe while the server runs): the calls that differ are rewritten in one "
+        "transaction, or, when more than 1,000 and a tenth of them do (or with --rebuild), "
+        "every call is folded into a new table that is swapped in. With --check, compare "
+        "instead: print each call whose stored state differs (field: have -> want) and exit 1 "
+        "if any does.",
     )
     p.add_argument("--check", action="store_true", help="report drift, change nothing")
+    p.add_argument(
+        "--rebuild", action="store_true", help="always fold into a new table and swap it in"
+    )
 
     p = command(
         "import",

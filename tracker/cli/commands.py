@@ -52,7 +52,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     progress = Progress("replay: calls")
     try:
         start = time.monotonic()
-        drift = store.replay(check=args.check, progress=progress)
+        drift = store.replay(check=args.check, progress=progress, rebuild=args.rebuild)
         progress.done()
         elapsed = time.monotonic() - start
         calls, events = store.counts()

@@ -162,9 +162,13 @@ class Storage(Protocol):
 
     # -- the commands ------------------------------------------------------------------------
 
-    def replay(self, *, check: bool = False, progress: Progress | None = None) -> list[Drift]:
-        """Rebuild the projection from the log, swapped in atomically while writes go on; with
-        ``check``, change nothing and return each call that differs from its log."""
+    def replay(
+        self, *, check: bool = False, progress: Progress | None = None, rebuild: bool = False
+    ) -> list[Drift]:
+        """Make the projection what the log folds to, atomically while writes go on: the calls
+        that differ are rewritten in place, or, when many do (or with ``rebuild``), the whole
+        projection is rebuilt into a new table and swapped in. With ``check``, change nothing
+        and return each call that differs from its log."""
         ...
 
     def counts(self) -> tuple[int, int]:

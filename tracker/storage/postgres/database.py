@@ -202,7 +202,9 @@ class PostgresStorage:
 
     # -- the commands ------------------------------------------------------------------------
 
-    def replay(self, *, check: bool = False, progress: Progress | None = None) -> list[Drift]:
+    def replay(
+        self, *, check: bool = False, progress: Progress | None = None, rebuild: bool = False
+    ) -> list[Drift]:
         if not check:
             self._writable()
         self._appender.forget()
@@ -212,7 +214,9 @@ class PostgresStorage:
         except psycopg.Error as err:
             raise read_failed(err) from err
         try:
-            return replay(conn, reader, self.outcomes, check=check, progress=progress)
+            return replay(
+                conn, reader, self.outcomes, check=check, progress=progress, rebuild=rebuild
+            )
         except psycopg.Error as err:
             raise read_failed(err) from err
         finally:

@@ -1,6 +1,8 @@
-"""Replay on PostgreSQL: fold the log from one snapshot into a new table, then, holding the head
-row (writers wait), catch up with what committed meanwhile and swap the table in, in one
-transaction. ``--check`` compares call by call instead."""
+"""Replay on PostgreSQL: fold the log from one snapshot and compare it with the stored rows in
+one merged pass (as on SQLite). Few differences: holding the head row (writers wait), rewrite
+them and refold what committed meanwhile, in one transaction. Many (or ``rebuild``): fold into a
+new table, then, holding the head row, catch up and swap the table in. ``--check`` only compares.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from tracker.render import ORPHAN, drift_fields
 from tracker.state import CallState
 from tracker.storage.postgres.schema import calls_ddl, calls_indexes
 from tracker.storage.postgres.writes import CALL_COLUMNS, INSERT_CALL, LOCK_HEAD
-from tracker.storage.sqlite.replay import _fold_rows
+from tracker.storage.sqlite.replay import DIFF_MIN, DIFF_SHARE, Difference, _fold_rows, differences
 from tracker.storage.sqlite.writes import row_of
 
 Conn = psycopg.Connection[Any]
@@ -38,6 +40,14 @@ def _iter_folded(conn: Conn, max_seq: int) -> Iterator[tuple[int, CallState]]:
         yield from _fold_rows((r[0], r[1], r[2], bytes(r[3])) for r in cur)
 
 
+def _stored(conn: Conn) -> Iterator[tuple[Any, ...]]:
+    with conn.cursor(name="tracker_replay_calls") as cur:
+        cur.itersize = 5000
+        cur.execute(f"SELECT {_INSERT_COLUMNS} FROM calls ORDER BY call_key".encode())
+        for r in cur:
+            yield (*r[:-1], bytes(r[-1]))
+
+
 def _fold_call(conn: Conn, call_key: int) -> CallState | None:
     rows = conn.execute(
         f"SELECT {_CALL_ROWS} FROM events WHERE call_key = %s ORDER BY seq".encode(), (call_key,)
@@ -54,6 +64,7 @@ def replay(
     *,
     check: bool = False,
     progress: Progress | None = None,
+    rebuild: bool = False,
 ) -> list[Drift]:
     """``conn``: a connection for the writes; ``reader``: one for the snapshot pass."""
     with reader.transaction():
@@ -62,6 +73,13 @@ def replay(
         max_seq = int(_one(reader, "SELECT seq FROM tracker_head WHERE id = 1"))
         if check:
             return _check(reader, max_seq, outcomes, total, progress)
+        fixes = None if rebuild else _collect(reader, max_seq, outcomes, total, progress)
+    if fixes is not None:
+        _fix(conn, fixes, max_seq, outcomes)
+        return []
+    with reader.transaction():
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        max_seq = int(_one(reader, "SELECT seq FROM tracker_head WHERE id = 1"))
         name = f"calls_rebuild_{secrets.token_hex(4)}"
         _rebuild(conn, reader, outcomes, name, max_seq, total, progress)
     _swap(conn, name, outcomes, max_seq)
@@ -74,18 +92,61 @@ def _one(conn: Conn, sql: str) -> Any:
     return row[0]
 
 
+def _collect(
+    reader: Conn, max_seq: int, outcomes: Mapping[str, str], total: int, progress: Progress | None
+) -> list[Difference] | None:
+    """The differing calls, or ``None`` once there are too many to rewrite in place."""
+    limit = max(DIFF_MIN, total // DIFF_SHARE)
+    fixes: list[Difference] = []
+    folded = _iter_folded(reader, max_seq)
+    for d in differences(folded, _stored(reader), outcomes, progress, total):
+        fixes.append(d)
+        if len(fixes) > limit:
+            return None
+    return fixes
+
+
+def _fix(conn: Conn, fixes: list[Difference], max_seq: int, outcomes: Mapping[str, str]) -> None:
+    """Holding the head row: rewrite the differing rows, refold the calls that got events since
+    the snapshot, bump the epoch (writers drop their cached calls)."""
+    delete = b"DELETE FROM calls WHERE call_key = %s"
+    with conn.transaction():
+        conn.execute(LOCK_HEAD)
+        late = {
+            int(k)
+            for (k,) in conn.execute(
+                "SELECT DISTINCT call_key FROM events WHERE seq > %s AND call_key IS NOT NULL",
+                (max_seq,),
+            ).fetchall()
+        }
+        with conn.cursor() as cur:
+            # every differing row goes first, so a call id may move between keys
+            gone = [(k,) for k, _, _, got in fixes if got is not None]
+            if gone:
+                cur.executemany(delete, gone)
+            rows = [want for k, _, want, _ in fixes if want is not None and k not in late]
+            if rows:
+                cur.executemany(INSERT_CALL.encode(), rows)
+        for call_key in sorted(late):
+            latest = _fold_call(conn, call_key)
+            conn.execute(delete, (call_key,))
+            if latest is not None:
+                conn.execute(INSERT_CALL.encode(), (call_key, *row_of(latest, outcomes)))
+        if fixes or late:
+            conn.execute("UPDATE tracker_head SET epoch = epoch + 1 WHERE id = 1")
+
+
 def _check(
     reader: Conn, max_seq: int, outcomes: Mapping[str, str], total: int, progress: Progress | None
 ) -> list[Drift]:
     drift: list[Drift] = []
-    seen: set[int] = set()
-    lookup = f"SELECT {_INSERT_COLUMNS} FROM calls WHERE call_key = %s".encode()
+    orphans: list[Drift] = []
     names = _INSERT_COLUMNS.replace(" ", "").split(",")
-    for n, (call_key, state) in enumerate(_iter_folded(reader, max_seq), 1):
-        seen.add(call_key)
-        got = reader.execute(lookup, (call_key,)).fetchone()
-        want_row = (call_key, *row_of(state, outcomes))
-        if got is not None and tuple(got) == want_row:
+    folded = _iter_folded(reader, max_seq)
+    for _, state, want_row, got in differences(folded, _stored(reader), outcomes, progress, total):
+        if state is None or want_row is None:
+            assert got is not None
+            orphans.append((got[1], dict(ORPHAN)))
             continue
         if got is None:
             drift.append((state.call_id, drift_fields(None, state, outcomes)))
@@ -103,12 +164,7 @@ def _check(
         drift.append(
             (state.call_id, drift_fields(have, state, outcomes, columns, unreadable=have is None))
         )
-        if progress and n % 10000 == 0:
-            progress(n, total)
-    for call_key, call_id in reader.execute("SELECT call_key, call_id FROM calls").fetchall():
-        if call_key not in seen:
-            drift.append((call_id, dict(ORPHAN)))
-    return drift
+    return drift + orphans
 
 
 def _rebuild(

@@ -218,15 +218,14 @@ class SqliteStorage:
 
     # -- the commands ------------------------------------------------------------------------
 
-    def replay(self, *, check: bool = False, progress: Progress | None = None) -> list[Drift]:
+    def replay(
+        self, *, check: bool = False, progress: Progress | None = None, rebuild: bool = False
+    ) -> list[Drift]:
         appender = self._writable()
-        appender.forget()  # the swap rewrites calls through this very connection
+        appender.forget()  # replay rewrites calls through this very connection
         try:
-            reader = connect(self.path, busy_ms=self.busy_ms)
-            try:
-                return replay(self.conn, reader, self.outcomes, check=check, progress=progress)
-            finally:
-                reader.close()
+            with contextlib.closing(connect(self.path, busy_ms=self.busy_ms)) as r:
+                return replay(self.conn, r, self.outcomes, check, progress, rebuild)
         except sqlite3.Error as err:
             raise read_failed(err) from err
         finally:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import chain, groupby
-from operator import itemgetter
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from sqlite_utils import Database
@@ -29,12 +27,24 @@ _INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
 
 
 def _fold_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[int, CallState]]:
-    """Fold rows ``(call_key, seq, call_id, fact)`` ordered by call_key: one state per call."""
+    """Fold rows ``(call_key, seq, call_id, fact)`` ordered by call_key: one state per call.
+
+    A plain loop into a list per call: over a million events, groupby's sub-iterators and a
+    generator per call cost more than the fold itself (BENCHMARKS.md)."""
     decode = _fact_dec.decode
-    for call_key, group in groupby(rows, key=itemgetter(0)):
-        first = next(group)
-        rest = ((decode(r[3]), r[1]) for r in group)  # noqa: B031 (consumed before the next group)
-        yield call_key, fold_distinct(chain([(decode(first[3]), first[1])], rest), first[2])
+    key: int | None = None
+    call_id = ""
+    pairs: list[tuple[Fact, int | None]] = []
+    append = pairs.append
+    for call_key, seq, cid, blob in rows:
+        if call_key != key:
+            if key is not None:
+                yield key, fold_distinct(pairs, call_id)
+            key, call_id, pairs = call_key, cid, []
+            append = pairs.append
+        append((decode(blob), seq))
+    if key is not None:
+        yield key, fold_distinct(pairs, call_id)
 
 
 def _iter_folded(conn: sqlite3.Connection, max_seq: int) -> Iterator[tuple[int, CallState]]:
@@ -57,24 +67,139 @@ def fold_call(conn: sqlite3.Connection, call_key: int) -> CallState | None:
     return None
 
 
+#: Below this many differing calls (or a tenth of them, whichever is more), replay rewrites just
+#: those rows in place, in one transaction; beyond it, it rebuilds into a new table.
+DIFF_MIN: Final = 1000
+DIFF_SHARE: Final = 10
+
+# (call_key, folded state or None: an orphan, the row it should be or None, the stored row or None)
+Difference = tuple[int, CallState | None, tuple[Any, ...] | None, tuple[Any, ...] | None]
+
+
+def differences(
+    folded: Iterable[tuple[int, CallState]],
+    stored: Iterable[tuple[Any, ...]],
+    outcomes: Mapping[str, str],
+    progress: Progress | None = None,
+    total: int = 0,
+) -> Iterator[Difference]:
+    """Merge the folded log and the stored rows, both in ``call_key`` order: every call whose row
+    is missing, differs from its fold, or has no events (an orphan)."""
+    rows = iter(stored)
+    got = next(rows, None)
+    n = 0
+    for n, (call_key, state) in enumerate(folded, 1):
+        while got is not None and got[0] < call_key:
+            yield got[0], None, None, tuple(got)
+            got = next(rows, None)
+        want = (call_key, *row_of(state, outcomes))
+        if got is not None and got[0] == call_key:
+            if tuple(got) != want:
+                yield call_key, state, want, tuple(got)
+            got = next(rows, None)
+        else:
+            yield call_key, state, want, None
+        if progress and n % 10000 == 0:
+            progress(n, total)
+    while got is not None:
+        yield got[0], None, None, tuple(got)
+        got = next(rows, None)
+    if progress:
+        progress(n, total)
+
+
+def _stored(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+    return conn.execute(f"SELECT {_INSERT_COLUMNS} FROM calls ORDER BY call_key")
+
+
 def replay(
     conn: sqlite3.Connection,
     reader: sqlite3.Connection,
     outcomes: Mapping[str, str],
-    *,
     check: bool = False,
     progress: Progress | None = None,
+    rebuild: bool = False,
 ) -> list[Drift]:
-    """``conn``: the write connection; ``reader``: a connection of its own for the pass."""
+    """``conn``: the write connection; ``reader``: a connection of its own for the pass.
+
+    Compares the fold of the log with the stored rows in one merged pass; when few calls differ
+    (the usual case), rewrites just those in one transaction, else (or with ``rebuild``) folds
+    into a new table and swaps it in. Either way the projection changes atomically."""
     reader.execute("BEGIN")  # one snapshot for the whole pass
-    total = reader.execute("SELECT count(*) FROM calls").fetchone()[0]
-    max_seq = reader.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-    if check:
-        drift = _check(reader, max_seq, outcomes, total, progress)
-        reader.execute("COMMIT")
-        return drift
-    _rebuild(conn, reader, outcomes, max_seq, total, progress)
-    return []
+    try:
+        total = reader.execute("SELECT count(*) FROM calls").fetchone()[0]
+        max_seq = reader.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        if check:
+            return _check(reader, max_seq, outcomes, total, progress)
+        if not rebuild:
+            fixes = _collect(reader, max_seq, outcomes, total, progress)
+            if fixes is not None:
+                reader.execute("COMMIT")
+                _fix(conn, fixes, max_seq, outcomes)
+                return []
+        _rebuild(conn, reader, outcomes, max_seq, total, progress)
+        return []
+    finally:
+        if reader.in_transaction:
+            reader.execute("COMMIT")
+
+
+def _collect(
+    reader: sqlite3.Connection,
+    max_seq: int,
+    outcomes: Mapping[str, str],
+    total: int,
+    progress: Progress | None,
+) -> list[Difference] | None:
+    """The differing calls, or ``None`` once there are too many to rewrite in place."""
+    limit = max(DIFF_MIN, total // DIFF_SHARE)
+    fixes: list[Difference] = []
+    for d in differences(_iter_folded(reader, max_seq), _stored(reader), outcomes, progress, total):
+        fixes.append(d)
+        if len(fixes) > limit:
+            return None
+    return fixes
+
+
+def _drop_stale(conn: sqlite3.Connection) -> None:
+    """Drop what a rebuild that was killed left: its table holds index names a rebuild needs."""
+    for (stale,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'calls_rebuild_*'"
+    ).fetchall():
+        conn.execute(f'DROP TABLE IF EXISTS "{stale}"')
+
+
+def _fix(
+    conn: sqlite3.Connection, fixes: list[Difference], max_seq: int, outcomes: Mapping[str, str]
+) -> None:
+    """Under the write lock: rewrite the differing rows, and refold the calls that got events
+    since the snapshot (their rows are the writer's, newer than the pass's)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _drop_stale(conn)
+        late = {
+            k
+            for (k,) in conn.execute(
+                "SELECT DISTINCT call_key FROM events WHERE seq > ? AND call_key IS NOT NULL",
+                (max_seq,),
+            )
+        }
+        delete = "DELETE FROM calls WHERE call_key = ?"
+        # every differing row goes first, so a call id may move between keys
+        conn.executemany(delete, [(k,) for k, _, _, got in fixes if got is not None])
+        conn.executemany(
+            INSERT_CALL, [want for k, _, want, _ in fixes if want is not None and k not in late]
+        )
+        for call_key in sorted(late):
+            latest = fold_call(conn, call_key)
+            conn.execute(delete, (call_key,))
+            if latest is not None:
+                conn.execute(INSERT_CALL, (call_key, *row_of(latest, outcomes)))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _check(
@@ -85,14 +210,13 @@ def _check(
     progress: Progress | None,
 ) -> list[Drift]:
     drift: list[Drift] = []
-    seen: set[int] = set()
-    lookup = f"SELECT {_INSERT_COLUMNS} FROM calls WHERE call_key = ?"
+    orphans: list[Drift] = []
     names = _INSERT_COLUMNS.replace(" ", "").split(",")
-    for n, (call_key, state) in enumerate(_iter_folded(reader, max_seq), 1):
-        seen.add(call_key)
-        got = reader.execute(lookup, (call_key,)).fetchone()
-        want_row = (call_key, *row_of(state, outcomes))
-        if got is not None and tuple(got) == want_row:
+    folded = _iter_folded(reader, max_seq)
+    for _, state, want_row, got in differences(folded, _stored(reader), outcomes, progress, total):
+        if state is None or want_row is None:
+            assert got is not None
+            orphans.append((got[1], dict(ORPHAN)))
             continue
         if got is None:
             drift.append((state.call_id, drift_fields(None, state, outcomes)))
@@ -109,12 +233,7 @@ def _check(
         }
         fields = drift_fields(have, state, outcomes, columns, unreadable=have is None)
         drift.append((state.call_id, fields))
-        if progress and n % 10000 == 0:
-            progress(n, total)
-    for call_key, call_id in reader.execute("SELECT call_key, call_id FROM calls"):
-        if call_key not in seen:
-            drift.append((call_id, dict(ORPHAN)))
-    return drift
+    return drift + orphans
 
 
 def _rebuild(
@@ -127,11 +246,7 @@ def _rebuild(
 ) -> None:
     """Fold into a new table (indexes built after the bulk load), catch up, swap atomically."""
     db = Database(conn)
-    # a rebuild table left by a replay that was killed would hold the index names we need
-    for (stale,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'calls_rebuild_*'"
-    ).fetchall():
-        conn.execute(f'DROP TABLE IF EXISTS "{stale}"')
+    _drop_stale(conn)
     existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     suffix = "b" if "calls_id_a" in existing else "a"
     name = f"calls_rebuild_{int(time.time() * 1000)}"
