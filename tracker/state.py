@@ -32,6 +32,10 @@ END_NONE: Final = 0
 END_TIMEOUT: Final = 1  # v1 timeout: soft end
 END_ERROR: Final = 2  # v1 error: soft end
 END_HARD: Final = 3  # v1 hangup, v2 disconnect, v2 transferDisconnect
+END_RECONCILED: Final = 4  # the tracker's own ``reconciled`` event (SPEC §11): a real end wins
+
+#: The event type of what reconciliation appends (only with the reconciler's origin).
+RECONCILED: Final = "reconciled"
 
 OUTCOMES: Final = ("normal", "busy", "no_answer", "cancelled", "rejected", "failed", "error")
 
@@ -93,11 +97,14 @@ class Fact(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     parent: str | None = None
     inbound: bool = False
     late_ok: bool = False  # hard ends and recording/transcription results
+    recon: str | None = None  # a reconciled end: the API's v1 state ("completed"/"rejected"), or ""
 
 
 Pick = tuple[int, bytes, str]  # (time key, content key, value)
 HardEnd = tuple[int, bytes, int | None, str | None, str | None]  # (tkey, key, end, cause, error)
 SoftEnd = tuple[int, bytes, int, int | None, str | None]  # (tkey, key, kind, end, error)
+# (tkey, key, end, cause, error, v1 state or "" for v2): the earliest reconciled end
+ReconEnd = tuple[int, bytes, int | None, str | None, str | None, str]
 
 
 class CallState(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -124,6 +131,10 @@ class CallState(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     count: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
+    recon: ReconEnd | None = None
+    #: The latest receipt time (ms) of the call's distinct events, like ``last_seq`` a fact of
+    #: arrival, not of content: what "stale" is measured from (SPEC §11).
+    received: int | None = None
 
 
 def initial_state(call_id: str = "") -> CallState:
@@ -169,7 +180,7 @@ def fact_of(decoded: Decoded, seq: int | None = None) -> Fact:
             start = tm(ev.startTime)
             answer = tm(ev.answerTime)
             answered = bool(ev.answerTime)
-            if et == "answer":
+            if et in ("answer", "transferAnswer"):  # the B-leg's answer: as an answer (SPEC §4)
                 answered = True
                 if answer is None:
                     answer = t
@@ -224,6 +235,53 @@ def fact_of(decoded: Decoded, seq: int | None = None) -> Fact:
     )
 
 
+def reconciled_fact(obj: Mapping[str, object], key: bytes, seq: int | None = None) -> Fact:
+    """The facts of the tracker's own ``reconciled`` event (SPEC §11): the API's times are
+    start/answer evidence, its ``endTime`` a hard end that any real one overrides; its own time
+    is ``checkedAt`` and never counts as after the end. Total, as :func:`fact_of`."""
+    bad = False
+
+    def tm(raw: object) -> int | None:
+        nonlocal bad
+        if raw is None or raw == "":
+            return None
+        value = parse_time(raw)
+        if value is None:
+            bad = True
+        return value
+
+    got = obj.get("response")
+    response: Mapping[str, object] = got if isinstance(got, dict) else {}
+    state = response.get("state")
+    v1 = state in ("completed", "rejected") or "activeTime" in response
+    answer_raw = response.get("activeTime" if v1 else "answerTime")
+    cause = error = None
+    if not v1:
+        cause = _text(response.get("disconnectCause"))
+        error = _text(response.get("errorMessage"))
+    return Fact(
+        key=key,
+        event_type=RECONCILED,
+        v2=not v1,
+        seq=seq,
+        t=tm(obj.get("checkedAt")),
+        start=tm(response.get("startTime")),
+        answer=tm(answer_raw),
+        answered=bool(answer_raw),
+        end_kind=END_RECONCILED,
+        end_t=tm(response.get("endTime")),
+        cause=cause,
+        error=error,
+        late_ok=True,
+        time_bad=bad,
+        recon=(state if isinstance(state, str) else "completed") if v1 else "",
+    )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 # --------------------------------------------------------------------------------------------
 # The semilattice
 
@@ -276,6 +334,14 @@ def _lo_soft(a: SoftEnd | None, b: SoftEnd | None) -> SoftEnd | None:
     return a if (a[0], a[1]) <= (b[0], b[1]) else b
 
 
+def _lo_recon(a: ReconEnd | None, b: ReconEnd | None) -> ReconEnd | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if (a[0], a[1]) <= (b[0], b[1]) else b
+
+
 def unit(fact: Fact, call_id: str = "", seq: int | None = None) -> CallState:
     """The state of a call that has seen exactly this one event (``seq`` overrides the fact's)."""
     return fold_distinct([(fact, seq)], call_id)
@@ -308,15 +374,20 @@ def merge(a: CallState, b: CallState) -> CallState:
         count=a.count + b.count,
         first_seq=_min(a.first_seq, b.first_seq),
         last_seq=_max(a.last_seq, b.last_seq),
+        recon=_lo_recon(a.recon, b.recon),
+        received=_max(a.received, b.received),
     )
 
 
-def evolve(state: CallState, fact: Fact, seq: int | None = None) -> CallState:
-    """The state after one more *distinct* event (the store's UNIQUE key guarantees that).
+def evolve(
+    state: CallState, fact: Fact, seq: int | None = None, received: int | None = None
+) -> CallState:
+    """The state after one more *distinct* event (the store's UNIQUE key guarantees that),
+    received at ``received`` (ms).
 
     Equal to ``merge(state, unit(fact))`` (property-tested), computed in one pass.
     """
-    return fold_distinct([(fact, seq)], state.call_id, start=state)
+    return fold_distinct([(fact, seq)], state.call_id, start=state, received=received)
 
 
 def fold(facts: Iterable[Fact], call_id: str = "") -> CallState:
@@ -337,9 +408,10 @@ def fold_distinct(
     pairs: Iterable[tuple[Fact, int | None]],
     call_id: str = "",
     start: CallState | None = None,
+    received: int | None = None,
 ) -> CallState:
     """:func:`fold` in one pass over *distinct* facts with their seqs (``None``: the fact's own),
-    from ``start`` (default: the empty state).
+    from ``start`` (default: the empty state); ``received``: the latest receipt time among them.
 
     The per-field rules of each event, kept in local variables instead of building a state per
     event: this is what replay runs over millions of events and the writer once per event.
@@ -350,7 +422,7 @@ def fold_distinct(
     v2, inbound, answered, conflict, time_bad = s.v2, s.inbound, s.answered, s.conflict, s.time_bad
     direction, from_, to, parent = s.direction, s.from_, s.to, s.parent
     first, tag, last = s.first, s.tag, s.last
-    hard, soft = s.hard, s.soft
+    hard, soft, recon = s.hard, s.soft, s.recon
     started, answered_at, live_max = s.started, s.answered_at, s.live_max
     first_seq, last_seq, count = s.first_seq, s.last_seq, s.count
     for fact, seq in pairs:
@@ -393,6 +465,17 @@ def fold_distinct(
                     conflict = True
                 if (h[0], k) < (hard[0], hard[1]):
                     hard = h
+        elif kind == END_RECONCILED:
+            r: ReconEnd = (
+                BIG if fact.end_t is None else fact.end_t,
+                k,
+                fact.end_t,
+                fact.cause,
+                fact.error,
+                fact.recon or "",
+            )
+            if recon is None or (r[0], k) < (recon[0], recon[1]):
+                recon = r
         elif kind in (END_TIMEOUT, END_ERROR):
             so: SoftEnd = (lo_t, k, kind, fact.end_t, fact.error)
             if soft is None or (lo_t, k) < (soft[0], soft[1]):
@@ -447,6 +530,8 @@ def fold_distinct(
         count=count,
         first_seq=first_seq,
         last_seq=last_seq,
+        recon=recon,
+        received=_max(s.received, received),
     )
 
 
@@ -455,18 +540,41 @@ def fold_distinct(
 
 
 def status_of(s: CallState) -> str:
-    if s.hard is not None or s.soft is not None:
+    if s.hard is not None or s.recon is not None or s.soft is not None:
         return "ended"
     return "answered" if s.answered else "started"
 
 
 def outcome_for(s: CallState, outcomes: Mapping[str, str] | None = None) -> str | None:
-    """The call's outcome: null until it ended; from the hard end's cause, else the soft end."""
+    """The call's outcome: null until it ended; from the hard end's cause, else a reconciled
+    end (v2: its cause; v1: rejected, else normal or no_answer by the answer), else the soft
+    end."""
     if s.hard is not None:
         return outcome_of(s.hard[3], outcomes)
+    if s.recon is not None:
+        v1_state = s.recon[5]
+        if not v1_state:
+            return outcome_of(s.recon[3], outcomes)
+        if v1_state == "rejected":
+            return "rejected"
+        return "normal" if s.answered else "no_answer"
     if s.soft is not None:
         return "no_answer" if s.soft[2] == END_TIMEOUT else "error"
     return None
+
+
+def cause_of(s: CallState) -> str | None:
+    """The raw cause of the call's end: a real hard end's, else a reconciled end's."""
+    if s.hard is not None:
+        return s.hard[3]
+    if s.recon is not None:
+        return s.recon[3]
+    return None
+
+
+def reconciled(s: CallState) -> bool:
+    """A reconciled end is the call's end (no real hard end is known)."""
+    return s.hard is None and s.recon is not None
 
 
 def direction_of(s: CallState) -> str | None:

@@ -23,11 +23,11 @@ from tracker.storage.postgres.schema import FILTER_COLUMNS
 _state_dec = msgspec.msgpack.Decoder(CallState)
 
 Conn = psycopg.Connection[Any]
-EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body"
+EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body, origin"
 
 
 def _event(r: Any) -> LoggedEvent:
-    return LoggedEvent(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
+    return LoggedEvent(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7])
 
 
 def get_call(conn: Conn, call_id: str) -> CallRecord | None:
@@ -100,6 +100,8 @@ def list_calls(
     until: int | None = None,
     limit: int = 100,
     before_seq: int | None = None,
+    stale: bool | None = None,
+    stale_before: int = 0,
 ) -> tuple[list[CallRecord], int | None]:
     where: list[str] = []
     args: list[Any] = []
@@ -115,6 +117,9 @@ def list_calls(
     if before_seq is not None:
         where.append("last_seq < %s")
         args.append(before_seq)
+    if stale is not None:
+        where.append(STALE if stale else NOT_STALE)
+        args.append(stale_before)
     sql = "SELECT state, outcome, last_seq FROM calls"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -128,7 +133,18 @@ def list_calls(
     return page, (rows[-1][2] if more and rows else None)
 
 
-def stats(conn: Conn, *, since: int | None = None, until: int | None = None) -> Counts:
+#: SPEC §11: not ended, and nothing received since the cutoff (one index range a status).
+STALE = "status IN ('started', 'answered') AND last_received_at < %s"
+NOT_STALE = "(status = 'ended' OR last_received_at >= %s)"
+
+
+def stats(
+    conn: Conn,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    stale_before: int | None = None,
+) -> Counts:
     where: list[str] = []
     args: list[Any] = []
     if since is not None:
@@ -149,7 +165,39 @@ def stats(conn: Conn, *, since: int | None = None, until: int | None = None) -> 
             if column == "status":
                 total += int(n)
         out.append(counts)
-    return Counts(total, out[0], out[1], out[2], kpis(conn, clause, args))
+    stale = 0
+    if stale_before is not None:
+        stale = stale_count(conn, stale_before, clause, args)
+    return Counts(total, out[0], out[1], out[2], kpis(conn, clause, args), stale)
+
+
+def stale_count(
+    conn: Conn, stale_before: int, clause: str = "", args: list[Any] | None = None
+) -> int:
+    """How many calls are stale (within the ``WHERE`` clause of a time range, if any)."""
+    where = clause + (" AND " if clause else " WHERE ") + STALE
+    row = conn.execute(
+        f"SELECT count(*) FROM calls{where}".encode(), [*(args or []), stale_before]
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def claim_stale(
+    conn: Conn, limit: int, now: int, until: int, stale_before: int
+) -> list[CallRecord]:
+    """Mark up to ``limit`` stale calls not claimed at ``now`` as claimed ``until``, and return
+    them (longest silent first): one statement, so among any number of processes and hosts
+    each stale call goes to one claimer per interval."""
+    rows = conn.execute(
+        "WITH picked AS (SELECT call_key FROM calls"
+        f" WHERE {STALE} AND (claimed_until IS NULL OR claimed_until <= %s)"
+        " ORDER BY last_received_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " UPDATE calls c SET claimed_until = %s FROM picked WHERE c.call_key = picked.call_key"
+        " RETURNING c.state, c.outcome",
+        (stale_before, now, limit, until),
+    ).fetchall()
+    decode = _state_dec.decode
+    return [CallRecord(decode(bytes(r[0])), r[1]) for r in rows]
 
 
 def kpis(conn: Conn, clause: str, args: list[Any]) -> Kpis:

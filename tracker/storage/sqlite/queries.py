@@ -26,7 +26,7 @@ from tracker.storage.sqlite.schema import FILTER_COLUMNS
 
 _state_dec = msgspec.msgpack.Decoder(CallState)
 
-EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body"
+EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body, origin"
 
 
 def record(state: bytes, outcome: str | None) -> CallRecord:
@@ -103,6 +103,8 @@ def list_calls(
     until: int | None = None,
     limit: int = 100,
     before_seq: int | None = None,
+    stale: bool | None = None,
+    stale_before: int = 0,
 ) -> tuple[list[CallRecord], int | None]:
     """Calls, highest ``lastSeq`` first; returns the page and the next cursor."""
     where: list[str] = []
@@ -119,6 +121,9 @@ def list_calls(
     if before_seq is not None:
         where.append("last_seq < ?")
         args.append(before_seq)
+    if stale is not None:
+        where.append(STALE if stale else NOT_STALE)
+        args.append(stale_before)
     sql = "SELECT state, outcome, last_seq FROM calls"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -132,8 +137,17 @@ def list_calls(
     return page, (rows[-1][2] if more and rows else None)
 
 
+#: SPEC §11: not ended, and nothing received since the cutoff (one index range a status).
+STALE = "status IN ('started', 'answered') AND last_received_at < ?"
+NOT_STALE = "(status = 'ended' OR last_received_at >= ?)"
+
+
 def stats(
-    conn: sqlite3.Connection, *, since: int | None = None, until: int | None = None
+    conn: sqlite3.Connection,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    stale_before: int | None = None,
 ) -> Counts:
     where: list[str] = []
     args: list[Any] = []
@@ -157,7 +171,44 @@ def stats(
             if column == "status":
                 total += n
         out.append(counts)
-    return Counts(total, out[0], out[1], out[2], kpis(conn, clause, args))
+    stale = 0
+    if stale_before is not None:
+        stale = stale_count(conn, stale_before, clause, args)
+    return Counts(total, out[0], out[1], out[2], kpis(conn, clause, args), stale)
+
+
+def stale_count(
+    conn: sqlite3.Connection, stale_before: int, clause: str = "", args: list[Any] | None = None
+) -> int:
+    """How many calls are stale (within the ``WHERE`` clause of a time range, if any)."""
+    where = clause + (" AND " if clause else " WHERE ") + STALE
+    row = conn.execute(
+        f"SELECT count(*) FROM calls{where}", [*(args or []), stale_before]
+    ).fetchone()
+    return int(row[0])
+
+
+def claim_stale(
+    conn: sqlite3.Connection, limit: int, now: int, until: int, stale_before: int
+) -> list[CallRecord]:
+    """Mark up to ``limit`` stale calls not claimed at ``now`` as claimed ``until``, and return
+    them (longest silent first): one statement, so among any number of processes and hosts
+    each stale call goes to one claimer per interval."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            "UPDATE calls SET claimed_until = ? WHERE call_key IN (SELECT call_key FROM calls"
+            f" WHERE {STALE} AND (claimed_until IS NULL OR claimed_until <= ?)"
+            " ORDER BY last_received_at LIMIT ?) RETURNING state, outcome",
+            (until, stale_before, now, limit),
+        ).fetchall()
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    decode = _state_dec.decode
+    return [CallRecord(decode(bytes(r[0])), r[1]) for r in rows]
 
 
 def kpis(conn: sqlite3.Connection, clause: str, args: list[Any]) -> Kpis:

@@ -24,17 +24,29 @@ _state_dec = msgspec.msgpack.Decoder(CallState)
 
 Progress = Callable[[int, int], None]
 
-_CALL_ROWS = "call_key, seq, call_id, fact"
+_CALL_ROWS = "call_key, seq, call_id, fact, received_at"
 _INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
 
 
 def _fold_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[int, CallState]]:
-    """Fold rows ``(call_key, seq, call_id, fact)`` ordered by call_key: one state per call."""
+    """Fold rows ``(call_key, seq, call_id, fact, received_at)`` ordered by call_key: one state
+    per call (with the latest receipt time of its events)."""
     decode = _fact_dec.decode
+    latest = 0
+
+    def pairs(group: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Fact, int]]:
+        nonlocal latest
+        for r in group:
+            if r[4] > latest:
+                latest = r[4]
+            yield decode(r[3]), r[1]
+
     for call_key, group in groupby(rows, key=itemgetter(0)):
         first = next(group)
-        rest = ((decode(r[3]), r[1]) for r in group)  # noqa: B031 (consumed before the next group)
-        yield call_key, fold_distinct(chain([(decode(first[3]), first[1])], rest), first[2])
+        latest = first[4]
+        rest = pairs(group)  # noqa: B031 (consumed before the next group)
+        state = fold_distinct(chain([(decode(first[3]), first[1])], rest), first[2])
+        yield call_key, msgspec.structs.replace(state, received=latest)
 
 
 def _iter_folded(conn: sqlite3.Connection, max_seq: int) -> Iterator[tuple[int, CallState]]:
