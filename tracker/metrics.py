@@ -61,11 +61,15 @@ class Metrics:
         self.commit_seconds = Histogram(LATENCY_BUCKETS)
         self.ingest_seconds = Histogram(LATENCY_BUCKETS)
         self.forward_seconds = Histogram(LATENCY_BUCKETS)
+        self.reconcile_answers: defaultdict[str, int] = defaultdict(int)
+
+    def count_reconcile(self, kind: str) -> None:
+        self.reconcile_answers[kind] += 1
 
     def count_ingested(self, event_type: str) -> None:
         self.ingested[event_type if event_type in EVENT_TYPE_LABELS else OTHER] += 1
 
-    def render(self, last_seq: int, sse_clients: int) -> str:
+    def render(self, last_seq: int, sse_clients: int, stale: int | None = None) -> str:
         out = [
             (
                 "# HELP tracker_events_ingested_total Distinct events appended to the log, by "
@@ -97,6 +101,20 @@ class Metrics:
         ]
         for kind, n in sorted(self.forward_errors.items()):
             out.append(f'tracker_forward_errors_total{{kind="{_escape(kind)}"}} {n}')
+        out += [
+            "# HELP tracker_reconcile_answers_total Answers of Bandwidth's call API about stale"
+            ' calls, by kind ("ended" ones are recorded as reconciled events).',
+            "# TYPE tracker_reconcile_answers_total counter",
+        ]
+        for kind, n in sorted(self.reconcile_answers.items()):
+            out.append(f'tracker_reconcile_answers_total{{kind="{_escape(kind)}"}} {n}')
+        if stale is not None:
+            out += [
+                "# HELP tracker_stale_calls Calls not ended with nothing received for"
+                " [reconcile] stale_after_seconds.",
+                "# TYPE tracker_stale_calls gauge",
+                f"tracker_stale_calls {stale}",
+            ]
         out += [
             "# HELP tracker_log_last_seq The highest committed log position.",
             "# TYPE tracker_log_last_seq gauge",

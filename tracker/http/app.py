@@ -72,7 +72,8 @@ class TrackerApp:
         self.writer: Writer | None = None
         self.forwarder: Any = None
         self.callbacks = Callbacks(settings, self.metrics)
-        self.queries = Queries()
+        self.queries = Queries(int(settings.reconcile.stale_after_seconds * 1000))
+        self.reconciler: Any = None
         self.live = LiveStream(self.queries)
         self._sweeper: asyncio.Task[None] | None = None
         self._token = settings.query.token.encode() if settings.query.token else None
@@ -133,10 +134,20 @@ class TrackerApp:
         self.callbacks.forwarder = self.forwarder
         self.live.start(storage)
         self._sweeper = asyncio.get_running_loop().create_task(self.callbacks.sweep_reads())
+        if self.settings.reconcile.enabled:
+            from tracker.reconcile.loop import Reconciler  # only when reconciliation is on
+
+            self.reconciler = Reconciler(
+                storage, self.writer, self.settings.reconcile, self.metrics.count_reconcile
+            )
+            self.reconciler.start()
 
     async def close(self) -> None:
         """Stop streams, commit everything queued, checkpoint, close."""
         self.live.stop()
+        if self.reconciler is not None:
+            reconciler, self.reconciler = self.reconciler, None
+            await reconciler.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -273,8 +284,13 @@ class TrackerApp:
 
     async def metrics_route(self, request: Request) -> Response:
         last = self.writer.last_seq if self.writer is not None else 0
+        cutoff = self.queries.stale_before()
+        try:
+            stale: int | None = await self.queries.read(lambda s: s.stale_count(cutoff))
+        except TrackerError:  # storage down: the other figures are still worth a scrape
+            stale = None
         return Response(
-            self.metrics.render(last, self.live.clients),
+            self.metrics.render(last, self.live.clients, stale),
             media_type="text/plain; version=0.0.4",
         )
 
