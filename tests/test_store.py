@@ -613,6 +613,7 @@ def test_stats_count_calls_by_status_outcome_and_cause(calls_db):
         "byStatus": {"answered": 1, "ended": 3, "started": 1},
         "byOutcome": {"busy": 1, "no_answer": 1, "normal": 1},
         "byCause": {"NORMAL_CLEARING": 1, "USER_BUSY": 1},
+        "stale": 0,
         # c-0 and c-1 answered after 3 s and talked 67 s; c-4 timed out unanswered
         "kpis": {
             "attempts": 3,

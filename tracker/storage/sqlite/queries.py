@@ -109,17 +109,20 @@ def list_calls(
     """Calls, highest ``lastSeq`` first; returns the page and the next cursor."""
     where: list[str] = []
     args: list[Any] = []
+    # stale=true is one range of the stale index a status: "+column" keeps the planner off the
+    # other indexes, which would walk every call of a status or a time range
+    plus = "+" if stale else ""
     for name, value in filters.items():
-        where.append(f"{FILTER_COLUMNS[name]} = ?")
+        where.append(f"{plus}{FILTER_COLUMNS[name]} = ?")
         args.append(value)
     if since is not None:
-        where.append("first_event_at >= ?")
+        where.append(f"{plus}first_event_at >= ?")
         args.append(since)
     if until is not None:
-        where.append("first_event_at < ?")
+        where.append(f"{plus}first_event_at < ?")
         args.append(until)
     if before_seq is not None:
-        where.append("last_seq < ?")
+        where.append(f"{plus}last_seq < ?")
         args.append(before_seq)
     if stale is not None:
         where.append(STALE if stale else NOT_STALE)
