@@ -97,7 +97,7 @@ class Fact(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     parent: str | None = None
     inbound: bool = False
     late_ok: bool = False  # hard ends and recording/transcription results
-    recon: str | None = None  # a reconciled end: the API's v1 state ("completed"/"rejected"), or ""
+    recon: str | None = None  # a reconciled end: v1 "rejected"/"answered"/"unanswered", v2 ""
 
 
 Pick = tuple[int, bytes, str]  # (time key, content key, value)
@@ -274,8 +274,16 @@ def reconciled_fact(obj: Mapping[str, object], key: bytes, seq: int | None = Non
         error=error,
         late_ok=True,
         time_bad=bad,
-        recon=(state if isinstance(state, str) else "completed") if v1 else "",
+        recon=_v1_end(state, bool(answer_raw)) if v1 else "",
     )
+
+
+def _v1_end(state: object, answered: bool) -> str:
+    """What a v1 reconciled end's outcome comes from: the API's state and its own answer
+    evidence (not the call's: a late answer callback must not change an end)."""
+    if state == "rejected":
+        return "rejected"
+    return "answered" if answered else "unanswered"
 
 
 def _text(value: object) -> str | None:
@@ -547,17 +555,15 @@ def status_of(s: CallState) -> str:
 
 def outcome_for(s: CallState, outcomes: Mapping[str, str] | None = None) -> str | None:
     """The call's outcome: null until it ended; from the hard end's cause, else a reconciled
-    end (v2: its cause; v1: rejected, else normal or no_answer by the answer), else the soft
+    end (v2: its cause; v1: rejected, else normal or no_answer by the API's answer time), else the soft
     end."""
     if s.hard is not None:
         return outcome_of(s.hard[3], outcomes)
     if s.recon is not None:
-        v1_state = s.recon[5]
-        if not v1_state:
+        v1_end = s.recon[5]
+        if not v1_end:
             return outcome_of(s.recon[3], outcomes)
-        if v1_state == "rejected":
-            return "rejected"
-        return "normal" if s.answered else "no_answer"
+        return {"rejected": "rejected", "answered": "normal"}.get(v1_end, "no_answer")
     if s.soft is not None:
         return "no_answer" if s.soft[2] == END_TIMEOUT else "error"
     return None
