@@ -555,8 +555,8 @@ def status_of(s: CallState) -> str:
 
 def outcome_for(s: CallState, outcomes: Mapping[str, str] | None = None) -> str | None:
     """The call's outcome: null until it ended; from the hard end's cause, else a reconciled
-    end (v2: its cause; v1: rejected, else normal or no_answer by the API's answer time), else the soft
-    end."""
+    end (v2: its cause; v1: rejected, else normal or no_answer by the API's answer time), else
+    the soft end."""
     if s.hard is not None:
         return outcome_of(s.hard[3], outcomes)
     if s.recon is not None:
