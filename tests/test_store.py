@@ -628,6 +628,7 @@ def test_stats_count_calls_by_status_outcome_and_cause(calls_db):
         "byStatus": {"ended": 1, "started": 1},
         "byOutcome": {"busy": 1},
         "byCause": {"USER_BUSY": 1},
+        "stale": 0,
         "kpis": {
             "attempts": 1,
             "answered": 1,
@@ -644,6 +645,7 @@ def test_stats_of_an_empty_store(store):
         "byStatus": {},
         "byOutcome": {},
         "byCause": {},
+        "stale": 0,
         "kpis": {
             "attempts": 0,
             "answered": 0,

@@ -23,8 +23,9 @@ from tracker.events import (
     parse_json,
     restore_plus,
 )
+from tracker.reconcile.fact import reconciled_fact
 from tracker.records import ORIGIN_RECONCILE, Entry, LoggedEvent, Reject, now_ms
-from tracker.state import RECONCILED, fact_of, reconciled_fact
+from tracker.state import RECONCILED, fact_of
 
 #: The refusals whose body is kept in the quarantine (the others are not about the body).
 QUARANTINED: Final = frozenset({400, 408, 413, 415, 422})

@@ -14,7 +14,7 @@ import msgspec
 
 from tracker.events import format_time, restore_plus
 from tracker.records import CallRecord, Counts, LoggedEvent, StoredReject
-from tracker.state import CallState, direction_of, outcome_for, reconciled, status_of
+from tracker.state import CallState, direction_of, outcome_for, status_of
 
 _json_enc = msgspec.json.Encoder()
 
@@ -59,6 +59,11 @@ def _secs(a: int | None, b: int | None) -> float | None:
         return (b - a) / 1000.0
     except OverflowError:  # only for nonsensical times beyond any float; keeps view() total
         return None
+
+
+def reconciled(s: CallState) -> bool:
+    """A reconciled end is the call's end (no real hard end is known)."""
+    return s.hard is None and s.recon is not None
 
 
 def ended_at(s: CallState) -> int | None:

@@ -12,7 +12,7 @@ keys, and the store (which dedupes by a UNIQUE key) calls :func:`evolve` once pe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -235,61 +235,6 @@ def fact_of(decoded: Decoded, seq: int | None = None) -> Fact:
     )
 
 
-def reconciled_fact(obj: Mapping[str, object], key: bytes, seq: int | None = None) -> Fact:
-    """The facts of the tracker's own ``reconciled`` event (SPEC §11): the API's times are
-    start/answer evidence, its ``endTime`` a hard end that any real one overrides; its own time
-    is ``checkedAt`` and never counts as after the end. Total, as :func:`fact_of`."""
-    bad = False
-
-    def tm(raw: object) -> int | None:
-        nonlocal bad
-        if raw is None or raw == "":
-            return None
-        value = parse_time(raw)
-        if value is None:
-            bad = True
-        return value
-
-    got = obj.get("response")
-    response: Mapping[str, object] = got if isinstance(got, dict) else {}
-    state = response.get("state")
-    v1 = state in ("completed", "rejected") or "activeTime" in response
-    answer_raw = response.get("activeTime" if v1 else "answerTime")
-    cause = error = None
-    if not v1:
-        cause = _text(response.get("disconnectCause"))
-        error = _text(response.get("errorMessage"))
-    return Fact(
-        key=key,
-        event_type=RECONCILED,
-        v2=not v1,
-        seq=seq,
-        t=tm(obj.get("checkedAt")),
-        start=tm(response.get("startTime")),
-        answer=tm(answer_raw),
-        answered=bool(answer_raw),
-        end_kind=END_RECONCILED,
-        end_t=tm(response.get("endTime")),
-        cause=cause,
-        error=error,
-        late_ok=True,
-        time_bad=bad,
-        recon=_v1_end(state, bool(answer_raw)) if v1 else "",
-    )
-
-
-def _v1_end(state: object, answered: bool) -> str:
-    """What a v1 reconciled end's outcome comes from: the API's state and its own answer
-    evidence (not the call's: a late answer callback must not change an end)."""
-    if state == "rejected":
-        return "rejected"
-    return "answered" if answered else "unanswered"
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 # --------------------------------------------------------------------------------------------
 # The semilattice
 
@@ -326,23 +271,11 @@ def _hi(a: Pick | None, b: Pick | None) -> Pick | None:
     return a if a >= b else b
 
 
-def _lo_hard(a: HardEnd | None, b: HardEnd | None) -> HardEnd | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a if (a[0], a[1]) <= (b[0], b[1]) else b
+EndT = TypeVar("EndT", HardEnd, SoftEnd, ReconEnd)
 
 
-def _lo_soft(a: SoftEnd | None, b: SoftEnd | None) -> SoftEnd | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a if (a[0], a[1]) <= (b[0], b[1]) else b
-
-
-def _lo_recon(a: ReconEnd | None, b: ReconEnd | None) -> ReconEnd | None:
+def _lo_end(a: EndT | None, b: EndT | None) -> EndT | None:
+    """The earlier of two ends, by (time key, content key)."""
     if a is None:
         return b
     if b is None:
@@ -368,9 +301,9 @@ def merge(a: CallState, b: CallState) -> CallState:
         started=_min(a.started, b.started),
         answered=a.answered or b.answered,
         answered_at=_min(a.answered_at, b.answered_at),
-        hard=_lo_hard(a.hard, b.hard),
+        hard=_lo_end(a.hard, b.hard),
         conflict=conflict,
-        soft=_lo_soft(a.soft, b.soft),
+        soft=_lo_end(a.soft, b.soft),
         tag=_hi(a.tag, b.tag),
         from_=_lo(a.from_, b.from_),
         to=_lo(a.to, b.to),
@@ -382,7 +315,7 @@ def merge(a: CallState, b: CallState) -> CallState:
         count=a.count + b.count,
         first_seq=_min(a.first_seq, b.first_seq),
         last_seq=_max(a.last_seq, b.last_seq),
-        recon=_lo_recon(a.recon, b.recon),
+        recon=_lo_end(a.recon, b.recon),
         received=_max(a.received, b.received),
     )
 
@@ -474,16 +407,9 @@ def fold_distinct(
                 if (h[0], k) < (hard[0], hard[1]):
                     hard = h
         elif kind == END_RECONCILED:
-            r: ReconEnd = (
-                BIG if fact.end_t is None else fact.end_t,
-                k,
-                fact.end_t,
-                fact.cause,
-                fact.error,
-                fact.recon or "",
-            )
-            if recon is None or (r[0], k) < (recon[0], recon[1]):
-                recon = r
+            r_t = BIG if fact.end_t is None else fact.end_t
+            if recon is None or (r_t, k) < (recon[0], recon[1]):
+                recon = (r_t, k, fact.end_t, fact.cause, fact.error, fact.recon or "")
         elif kind in (END_TIMEOUT, END_ERROR):
             so: SoftEnd = (lo_t, k, kind, fact.end_t, fact.error)
             if soft is None or (lo_t, k) < (soft[0], soft[1]):
@@ -560,27 +486,11 @@ def outcome_for(s: CallState, outcomes: Mapping[str, str] | None = None) -> str 
     if s.hard is not None:
         return outcome_of(s.hard[3], outcomes)
     if s.recon is not None:
-        v1_end = s.recon[5]
-        if not v1_end:
-            return outcome_of(s.recon[3], outcomes)
-        return {"rejected": "rejected", "answered": "normal"}.get(v1_end, "no_answer")
+        v1 = {"rejected": "rejected", "answered": "normal", "unanswered": "no_answer"}
+        return v1.get(s.recon[5]) or outcome_of(s.recon[3], outcomes)
     if s.soft is not None:
         return "no_answer" if s.soft[2] == END_TIMEOUT else "error"
     return None
-
-
-def cause_of(s: CallState) -> str | None:
-    """The raw cause of the call's end: a real hard end's, else a reconciled end's."""
-    if s.hard is not None:
-        return s.hard[3]
-    if s.recon is not None:
-        return s.recon[3]
-    return None
-
-
-def reconciled(s: CallState) -> bool:
-    """A reconciled end is the call's end (no real hard end is known)."""
-    return s.hard is None and s.recon is not None
 
 
 def direction_of(s: CallState) -> str | None:

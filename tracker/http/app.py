@@ -49,6 +49,7 @@ from tracker.http.queries import Queries
 from tracker.http.stream import LiveStream
 from tracker.metrics import Metrics
 from tracker.openapi import document
+from tracker.reconcile import start_reconciler, stop_reconciler
 from tracker.records import Appended
 from tracker.routes import ROUTES
 from tracker.storage import Storage, open_storage
@@ -88,7 +89,7 @@ class TrackerApp:
         ]
         self.starlette = Starlette(
             routes=routes,
-            lifespan=self._lifespan,
+            lifespan=lambda app: self.lifespan(app),
             exception_handlers={
                 TrackerError: self._handle_error,
                 HTTPException: self._handle_http,
@@ -134,20 +135,12 @@ class TrackerApp:
         self.callbacks.forwarder = self.forwarder
         self.live.start(storage)
         self._sweeper = asyncio.get_running_loop().create_task(self.callbacks.sweep_reads())
-        if self.settings.reconcile.enabled:
-            from tracker.reconcile.loop import Reconciler  # only when reconciliation is on
-
-            self.reconciler = Reconciler(
-                storage, self.writer, self.settings.reconcile, self.metrics.count_reconcile
-            )
-            self.reconciler.start()
+        self.reconciler = start_reconciler(storage, self.writer, self.settings, self.metrics)
 
     async def close(self) -> None:
         """Stop streams, commit everything queued, checkpoint, close."""
         self.live.stop()
-        if self.reconciler is not None:
-            reconciler, self.reconciler = self.reconciler, None
-            await reconciler.stop()
+        self.reconciler = await stop_reconciler(self.reconciler)
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -190,9 +183,6 @@ class TrackerApp:
             yield
         finally:
             await self.close()
-
-    def _lifespan(self, app: Any) -> Any:
-        return self.lifespan(app)
 
     def _on_commit(
         self, last_seq: int, done: list[tuple[Any, list[Appended]]], elapsed: float
@@ -284,13 +274,8 @@ class TrackerApp:
 
     async def metrics_route(self, request: Request) -> Response:
         last = self.writer.last_seq if self.writer is not None else 0
-        cutoff = self.queries.stale_before()
-        try:
-            stale: int | None = await self.queries.read(lambda s: s.stale_count(cutoff))
-        except TrackerError:  # storage down: the other figures are still worth a scrape
-            stale = None
         return Response(
-            self.metrics.render(last, self.live.clients, stale),
+            self.metrics.render(last, self.live.clients, await self.queries.stale_count()),
             media_type="text/plain; version=0.0.4",
         )
 

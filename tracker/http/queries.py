@@ -136,6 +136,14 @@ class Queries:
         """The receipt time before which a call not ended is stale, now."""
         return now_ms() - self.stale_after_ms
 
+    async def stale_count(self) -> int | None:
+        """How many calls are stale now (``/metrics``); ``None`` when storage cannot say."""
+        cutoff = self.stale_before()
+        try:
+            return await self.read(lambda s: s.stale_count(cutoff))
+        except TrackerError:  # storage down: the other figures are still worth a scrape
+            return None
+
     async def call_route(self, scope: Scope, send: Send) -> None:
         """``GET /calls/{callId}`` and ``GET /calls/{callId}/events`` on the raw path."""
         raw = raw_route_path(scope)[len(b"/calls/") :]

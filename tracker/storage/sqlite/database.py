@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from tracker.records import (
     Appended,
@@ -190,27 +190,9 @@ class SqliteStorage:
     ) -> TimelinePage | None:
         return self._read(queries.timeline, call_id, after=after, limit=limit)
 
-    def calls(
-        self,
-        filters: Mapping[str, str],
-        *,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int = 100,
-        before_seq: int | None = None,
-        stale: bool | None = None,
-        stale_before: int = 0,
-    ) -> tuple[list[CallRecord], int | None]:
-        return self._read(
-            queries.list_calls,
-            filters,
-            since=since,
-            until=until,
-            limit=limit,
-            before_seq=before_seq,
-            stale=stale,
-            stale_before=stale_before,
-        )
+    def calls(self, filters: Mapping[str, str], **kw: Any) -> tuple[list[CallRecord], int | None]:
+        """:meth:`Storage.calls`, its keyword arguments as there."""
+        return self._read(queries.list_calls, filters, **kw)
 
     def stats(
         self, *, since: int | None = None, until: int | None = None, stale_before: int | None = None

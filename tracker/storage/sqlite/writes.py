@@ -18,7 +18,6 @@ from tracker.records import Appended, Entry, Reject
 from tracker.render import ended_at
 from tracker.state import (
     CallState,
-    cause_of,
     direction_of,
     evolve,
     initial_state,
@@ -49,6 +48,15 @@ def row_of(state: CallState, outcomes: Mapping[str, str] | None) -> tuple[Any, .
         state.received,
         _state_enc.encode(state),
     )
+
+
+def cause_of(s: CallState) -> str | None:
+    """The raw cause of the call's end: a real hard end's, else a reconciled end's."""
+    if s.hard is not None:
+        return s.hard[3]
+    if s.recon is not None:
+        return s.recon[3]
+    return None
 
 
 def times_of(state: CallState) -> tuple[int | None, int | None, int | None]:
