@@ -608,7 +608,10 @@ def test_the_serve_loop_reconciles_stale_calls_once_an_interval_across_two_serve
                 }
             },
         )
-        with running(db, config=config) as one, running(db, config=config) as two:
+        with (
+            running(db, config=config, timeout=60) as one,
+            running(db, config=config, timeout=60) as two,
+        ):
             with one.client() as c:
                 for cid in ("ended-s", "live-s"):
                     for e in started_v2(cid):
