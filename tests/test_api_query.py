@@ -26,9 +26,10 @@ from tracker.app import create_app
 from tracker.config import load_settings
 from tracker.events import decode_object, format_time, parse_time
 from tracker.ingest import make_entry
+from tracker.storage.sql import FILTER_COLUMNS
 from tracker.storage.sqlite import SqliteStorage
 from tracker.storage.sqlite.queries import list_calls
-from tracker.storage.sqlite.schema import FILTER_COLUMNS, connect
+from tracker.storage.sqlite.schema import connect
 
 V2_BASE = "https://voice.bandwidth.com/api/v2/accounts/9900000/calls"
 DAY0 = parse_time("2012-11-10T00:00:00Z") or 0

@@ -13,6 +13,7 @@ import resource
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,6 +340,28 @@ def json_of(answer: bytes) -> dict[str, Any]:
 def connect(server: Server, timeout: float = 30.0) -> socket.socket:
     host, port = server.url.removeprefix("http://").split(":")
     return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def _idle_after_one_request(server: Server, wait: float) -> bool:
+    """Whether a keep-alive connection is still open ``wait`` seconds after its answer."""
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = b""
+        while not first.endswith(b'{"status":"ok"}'):
+            first += sock.recv(65536)
+        time.sleep(wait)
+        sock.settimeout(0.2)
+        try:
+            return sock.recv(1) != b""
+        except TimeoutError:
+            return True  # nothing to read and not closed
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_keepalive_seconds(tmp_path: Path) -> None:
+    with limited_server(tmp_path, keepalive_seconds=1.0) as server:
+        assert not _idle_after_one_request(server, 2.5)
+    with limited_server(tmp_path, keepalive_seconds=30.0) as server:
+        assert _idle_after_one_request(server, 2.5)
 
 
 def test_a_request_head_that_trickles_past_the_deadline_is_cut_off(tmp_path: Path) -> None:

@@ -65,6 +65,17 @@ def test_readyz_shows_no_counts_without_the_token_when_one_is_set(tmp_path: Path
         assert r.json() == {"status": "ready", "lastSeq": 1}
 
 
+def test_readyz_shows_the_last_seq_to_a_browser_signed_in_to_the_dashboard(tmp_path: Path) -> None:
+    with serving(tmp_path / "t.db", query={"token": "s3cr3t"}) as c:
+        post(c, v1("incomingcall", "c-1", "2024-05-01T10:00:00Z"))
+        assert c.get("/readyz").json() == {"status": "ready"}
+        c.get("/?token=wrong")  # a wrong token sets no session
+        assert c.get("/readyz").json() == {"status": "ready"}
+        c.get("/?token=s3cr3t")  # the sign-in link: the session cookie from now on
+        assert c.cookies, "signing in set no cookie"
+        assert c.get("/readyz").json() == {"status": "ready", "lastSeq": 1}
+
+
 # --------------------------------------------------------------------------------------------
 # GET /calls/{callId}/events is paged
 

@@ -33,16 +33,6 @@ MIGRATION_LOCK: Final = 0x747261636B6572  # "tracker"
 #: The channel of the commit notifications (``LISTEN``/``NOTIFY``).
 CHANNEL: Final = "tracker_head"
 
-FILTER_COLUMNS: Final = {
-    "status": "status",
-    "outcome": "outcome",
-    "cause": "cause",
-    "direction": "direction",
-    "from": "from_number",
-    "to": "to_number",
-    "tag": "tag",
-}
-
 
 def connect(
     url: str,

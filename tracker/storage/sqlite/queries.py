@@ -10,8 +10,6 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import msgspec
-
 from tracker.records import (
     TIMELINE_PAGE_BYTES,
     CallRecord,
@@ -21,12 +19,26 @@ from tracker.records import (
     StoredReject,
     TimelinePlace,
 )
-from tracker.state import CallState
-from tracker.storage.sqlite.schema import FILTER_COLUMNS
-
-_state_dec = msgspec.msgpack.Decoder(CallState)
-
-EVENT_COLUMNS = "seq, received_at, event_type, call_id, event_time, fmt, body, origin"
+from tracker.storage.sql import (
+    COUNTED_COLUMNS,
+    EVENT_COLUMNS,
+    calls_page,
+    calls_page_query,
+    claim_stale_query,
+    count_query,
+    counts_of,
+    kpi_clause,
+    rejects_page,
+    rejects_query,
+    series_of,
+    series_query,
+    stale_count_query,
+    time_range,
+    timeline_keys_query,
+    timeline_page,
+    where,
+)
+from tracker.storage.sql import state_decoder as _state_dec
 
 
 def record(state: bytes, outcome: str | None) -> CallRecord:
@@ -54,28 +66,8 @@ def timeline(
     row = conn.execute("SELECT call_key FROM calls WHERE call_id = ?", (call_id,)).fetchone()
     if row is None:
         return None
-    where, args = "call_key = ?", [row[0]]
-    if after is not None:
-        at, seq = after
-        if at is None:
-            where += " AND event_time IS NULL AND seq > ?"
-            args.append(seq)
-        else:
-            where += " AND (event_time IS NULL OR event_time > ? OR (event_time = ? AND seq > ?))"
-            args += [at, at, seq]
-    keys = conn.execute(
-        f"SELECT event_time, seq, length(body) FROM events WHERE {where}"
-        " ORDER BY event_time IS NULL, event_time, seq LIMIT ?",
-        (*args, limit + 1),
-    ).fetchall()
-    take, size = 0, 0
-    for _at, _seq, n in keys[:limit]:
-        if take and size + n > max_bytes:
-            break
-        take, size = take + 1, size + n
-    page = keys[:take]
-    nxt = (page[-1][0], page[-1][1]) if take < len(keys) else None
-    seqs = [k[1] for k in page]
+    sql, args = timeline_keys_query("?", "length", row[0], after, limit)
+    seqs, nxt = timeline_page(conn.execute(sql, args).fetchall(), limit, max_bytes)
     if not seqs:
         return [], None
     rows = {
@@ -107,42 +99,18 @@ def list_calls(
     stale_before: int = 0,
 ) -> tuple[list[CallRecord], int | None]:
     """Calls, highest ``lastSeq`` first; returns the page and the next cursor."""
-    where: list[str] = []
-    args: list[Any] = []
-    # stale=true is one range of the stale index a status: "+column" keeps the planner off the
-    # other indexes, which would walk every call of a status or a time range
-    plus = "+" if stale else ""
-    for name, value in filters.items():
-        where.append(f"{plus}{FILTER_COLUMNS[name]} = ?")
-        args.append(value)
-    if since is not None:
-        where.append(f"{plus}first_event_at >= ?")
-        args.append(since)
-    if until is not None:
-        where.append(f"{plus}first_event_at < ?")
-        args.append(until)
-    if before_seq is not None:
-        where.append(f"{plus}last_seq < ?")
-        args.append(before_seq)
-    if stale is not None:
-        where.append(STALE if stale else NOT_STALE)
-        args.append(stale_before)
-    sql = "SELECT state, outcome, last_seq FROM calls"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY last_seq DESC LIMIT ?"
-    args.append(limit + 1)
-    rows = conn.execute(sql, args).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    decode = _state_dec.decode
-    page = [CallRecord(decode(r[0]), r[1]) for r in rows]
-    return page, (rows[-1][2] if more and rows else None)
-
-
-#: SPEC §11: not ended, and nothing received since the cutoff (one index range a status).
-STALE = "status IN ('started', 'answered') AND last_received_at < ?"
-NOT_STALE = "(status = 'ended' OR last_received_at >= ?)"
+    sql, args = calls_page_query(
+        "?",
+        filters,
+        since=since,
+        until=until,
+        limit=limit,
+        before_seq=before_seq,
+        stale=stale,
+        stale_before=stale_before,
+        hint="+",
+    )
+    return calls_page(conn.execute(sql, args).fetchall(), limit)
 
 
 def stats(
@@ -152,58 +120,34 @@ def stats(
     until: int | None = None,
     stale_before: int | None = None,
 ) -> Counts:
-    where: list[str] = []
-    args: list[Any] = []
-    if since is not None:
-        where.append("first_event_at >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("first_event_at < ?")
-        args.append(until)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    out: list[dict[str, int]] = []
-    total = 0
-    for column in ("status", "outcome", "cause"):
-        counts: dict[str, int] = {}
-        for value, n in conn.execute(
-            f"SELECT {column}, count(*) FROM calls{clause} GROUP BY {column} ORDER BY {column}",
-            args,
-        ):
-            if value is not None:
-                counts[value] = n
-            if column == "status":
-                total += n
-        out.append(counts)
+    parts, args = time_range("?", since, until)
+    clause = where(parts)
+    rows = [conn.execute(count_query(column, clause), args) for column in COUNTED_COLUMNS]
     stale = 0
     if stale_before is not None:
         stale = stale_count(conn, stale_before, clause, args)
-    return Counts(total, out[0], out[1], out[2], kpis(conn, clause, args), stale)
+    return counts_of(rows, kpis(conn, clause, args), stale)
 
 
 def stale_count(
     conn: sqlite3.Connection, stale_before: int, clause: str = "", args: list[Any] | None = None
 ) -> int:
-    """How many calls are stale (within the ``WHERE`` clause of a time range, if any)."""
-    where = clause + (" AND " if clause else " WHERE ") + STALE
-    row = conn.execute(
-        f"SELECT count(*) FROM calls{where}", [*(args or []), stale_before]
-    ).fetchone()
-    return int(row[0])
+    """How many calls are stale (SPEC §11), within a time range's clause if any."""
+    sql = stale_count_query("?", clause)
+    row = conn.execute(sql, [*(args or []), stale_before]).fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def claim_stale(
     conn: sqlite3.Connection, limit: int, now: int, until: int, stale_before: int
 ) -> list[CallRecord]:
-    """Mark up to ``limit`` stale calls not claimed at ``now`` as claimed ``until``, and return
-    them (longest silent first): one statement, so among any number of processes and hosts
-    each stale call goes to one claimer per interval."""
+    """Mark up to ``limit`` stale calls no claim holds at ``now`` as claimed ``until``, and
+    return them: one statement, so among any number of processes and hosts each stale call
+    goes to one claimer per interval (an ``UPDATE … RETURNING`` in one write transaction)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         rows = conn.execute(
-            "UPDATE calls SET claimed_until = ? WHERE call_key IN (SELECT call_key FROM calls"
-            f" WHERE {STALE} AND (claimed_until IS NULL OR claimed_until <= ?)"
-            " ORDER BY last_received_at LIMIT ?) RETURNING state, outcome",
-            (until, stale_before, now, limit),
+            claim_stale_query("?", ""), (stale_before, now, limit, until)
         ).fetchall()
         conn.execute("COMMIT")
     except BaseException:
@@ -217,11 +161,11 @@ def claim_stale(
 def kpis(conn: sqlite3.Connection, clause: str, args: list[Any]) -> Kpis:
     """One pass over the ended calls' time columns. ``total()`` sums in floating point, so
     nonsensical far-apart times cannot overflow."""
-    where = clause + (" AND " if clause else " WHERE ") + "status = 'ended'"
     row = conn.execute(
         "SELECT count(*), count(answered_at),"
         " total(ended_at - answered_at), count(ended_at - answered_at),"
-        f" total(answered_at - started_at), count(answered_at - started_at) FROM calls{where}",
+        " total(answered_at - started_at), count(answered_at - started_at)"
+        f" FROM calls{kpi_clause(clause)}",
         args,
     ).fetchone()
     return Kpis(*row)
@@ -239,46 +183,14 @@ def series(
 ) -> dict[str, list[int]]:
     """Calls by first-event-time bucket (``[since, until)`` in ``step_ms`` slices) and outcome
     (calls not ended yet under ``in_progress``): ``{outcome: [count per bucket]}``."""
-    n = max(1, -(-(until - since) // step_ms))
-    out: dict[str, list[int]] = {}
-    for bucket, outcome, count in conn.execute(
-        "SELECT (first_event_at - ?) / ? AS b, outcome, count(*) FROM calls"
-        " WHERE first_event_at >= ? AND first_event_at < ? GROUP BY b, outcome",
-        (since, step_ms, since, until),
-    ):
-        key = outcome if outcome is not None else "in_progress"
-        counts = out.get(key)
-        if counts is None:
-            counts = out[key] = [0] * n
-        counts[bucket] += count
-    return out
+    rows = conn.execute(series_query("?"), (since, step_ms, since, until))
+    return series_of(rows, since, until, step_ms)
 
 
 def list_rejects(
     conn: sqlite3.Connection, after: int, limit: int
 ) -> tuple[list[StoredReject], int | None]:
-    rows = conn.execute(
-        "SELECT id, received_at, status, error, detail, content_type, path, size, truncated, body"
-        " FROM rejects WHERE id > ? ORDER BY id LIMIT ?",
-        (after, limit + 1),
-    ).fetchall()
-    more = len(rows) > limit
-    out = [
-        StoredReject(
-            id=r[0],
-            received_at=r[1],
-            status=r[2],
-            error=r[3],
-            detail=r[4],
-            content_type=r[5],
-            path=r[6],
-            size=r[7],
-            truncated=bool(r[8]),
-            body=bytes(r[9] or b""),
-        )
-        for r in rows[:limit]
-    ]
-    return out, (out[-1].id if more and out else None)
+    return rejects_page(conn.execute(rejects_query("?"), (after, limit + 1)).fetchall(), limit)
 
 
 def counts(conn: sqlite3.Connection) -> tuple[int, int]:

@@ -33,15 +33,6 @@ from tracker.storage.sqlite.writes import state_times, with_received
 SCHEMA_VERSION: Final = 3
 
 #: The projection's column of each filter of ``GET /calls``.
-FILTER_COLUMNS: Final = {
-    "status": "status",
-    "outcome": "outcome",
-    "cause": "cause",
-    "direction": "direction",
-    "from": "from_number",
-    "to": "to_number",
-    "tag": "tag",
-}
 
 
 def connect(
