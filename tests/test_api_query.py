@@ -466,6 +466,7 @@ def test_stats_count_calls_by_status_outcome_and_cause_within_since_and_until(
             "byStatus": count("status"),
             "byOutcome": count("outcome"),
             "byCause": count("cause"),
+            "stale": 0,  # every call here was received just now
             "kpis": {
                 "attempts": len(ended),
                 "answered": len(answered),
@@ -721,6 +722,10 @@ def test_every_calls_filter_query_is_answered_from_an_index(tmp_path: Path) -> N
         ({"status": "ended"}, {"before_seq": 10}),
         ({"tag": "t0"}, {"since": DAY0}),
         ({"status": "ended", "cause": "busy"}, {}),
+        ({}, {"stale": True, "stale_before": DAY0}),
+        ({"status": "answered"}, {"stale": True, "stale_before": DAY0, "before_seq": 10}),
+        ({"tag": "t0"}, {"stale": False, "stale_before": DAY0, "since": DAY0}),
+        ({"status": "ended"}, {"stale": True, "stale_before": DAY0, "since": DAY0}),
     ]
     with contextlib.closing(connect(db)) as conn:
         for filters, kw in cases:
@@ -734,7 +739,9 @@ def test_every_calls_filter_query_is_answered_from_an_index(tmp_path: Path) -> N
             uses_index = [p for p in plan if "USING INDEX" in p or "USING COVERING INDEX" in p]
             assert uses_index, (filters, kw, plan)
             assert not any(re.fullmatch(r"SCAN calls", p) for p in plan), (filters, kw, plan)
-            if filters:  # searched by one of the filter columns' indexes
+            if kw.get("stale"):  # one range of the (status, last_received_at) index a status
+                assert any("calls_stale_" in p and "last_received_at<?" in p for p in plan), plan
+            elif filters:  # searched by one of the filter columns' indexes
                 columns = [FILTER_COLUMNS[name] for name in filters]
                 assert any(f"({c}=?" in p for p in plan for c in columns), (filters, plan)
 

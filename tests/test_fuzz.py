@@ -778,7 +778,7 @@ def test_every_read_route_answers_any_parameters_with_200_or_a_json_400_or_404(
         assert set(body) == {"calls", "next"}
         assert body["next"] is None or body["next"].isdigit()
     elif route == "/stats":
-        assert set(body) == {"total", "byStatus", "byOutcome", "byCause", "kpis"}
+        assert set(body) == {"total", "byStatus", "byOutcome", "byCause", "stale", "kpis"}
     elif route == "/stats/series":
         assert set(body) == {"since", "until", "stepSeconds", "times", "byOutcome"}
         assert len(body["times"]) <= 1440

@@ -24,6 +24,7 @@ from server import Server, running
 
 from tests.callbacks import v1
 from tracker.events import content_key
+from tracker.storage.postgres.schema import SCHEMA_VERSION
 
 
 def new_id() -> str:
@@ -206,7 +207,9 @@ def test_two_hosts_starting_at_once_on_an_empty_database_create_the_schema_once(
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
     assert sorted(o[0].split(",")[0] for o in outs).count("imported 3 new") == 1
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT version FROM tracker_schema").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM tracker_schema").fetchall() == [(SCHEMA_VERSION,)]
+        stale = "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'calls_stale_%'"
+        assert conn.execute(stale).fetchone() == (1,)  # each step ran once
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (3,)
 
 

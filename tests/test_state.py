@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from tests.callbacks import SPEC_EXAMPLE_VIEW
 from tracker.events import InvalidEvent, decode_object, parse_time
+from tracker.ingest import reconciled_entry
 from tracker.render import view
 from tracker.state import (
     END_HARD,
     END_NONE,
+    END_RECONCILED,
     CallState,
     Fact,
     evolve,
@@ -33,6 +35,8 @@ URL = "https://voice.bandwidth.com/api/v2/accounts/9900000/calls/c-1"
 
 
 def F(obj: dict[str, Any], seq: int | None = None) -> Fact:
+    if obj.get("eventType") == "reconciled" and "response" in obj:  # the tracker's own event
+        return msgspec.structs.replace(reconciled_entry(msgspec.json.encode(obj)).fact, seq=seq)
     return fact_of(decode_object(obj), seq)
 
 
@@ -658,7 +662,27 @@ def v2_events(draw: st.DrawFn, kinds: list[str] = V2_KINDS) -> dict[str, Any]:
     return d
 
 
-any_event = st.one_of(v1_events(), v2_events())
+@st.composite
+def reconciled_events(draw: st.DrawFn) -> dict[str, Any]:
+    """The tracker's own ``reconciled`` event, with a v1 or v2 API body that ends the call."""
+    response: dict[str, Any] = {"callId": CALL}
+    if draw(st.booleans()):
+        response["state"] = draw(st.sampled_from(["completed", "rejected"]))
+        times = ("startTime", "activeTime", "endTime")
+    else:
+        response["state"] = "disconnected"
+        times = ("startTime", "answerTime", "endTime")
+        response["disconnectCause"] = draw(st.sampled_from([c for c, _ in V2_CAUSES]))
+        _maybe(draw, response, "errorMessage", st.sampled_from(["oops", None]))
+    for key in times:
+        if draw(st.booleans()):
+            _put_time(response, key, draw(wire_times()))
+    d: dict[str, Any] = {"eventType": "reconciled", "callId": CALL, "source": URL}
+    _put_time(d, "checkedAt", draw(wire_times()))
+    return {**d, "response": response}
+
+
+any_event = st.one_of(v1_events(), v2_events(), reconciled_events())
 hard_ends = st.one_of(v1_events(["hangup"]), v2_events(["disconnect", "transferDisconnect"]))
 facts_of_events = st.lists(any_event, min_size=1, max_size=12).map(lambda es: [F(e) for e in es])
 OUTCOMES = {"NORMAL_UNSPECIFIED": "failed", "busy": "error"}
@@ -723,6 +747,35 @@ def test_a_late_event_never_reopens_a_call_with_a_hard_end(events, end, late):
 )
 def test_a_late_event_never_reopens_a_call_with_a_soft_end(events, end, late):
     assert_late_event_changes_no_end(events, end, late)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(any_event, max_size=10), hard_ends, st.lists(reconciled_events(), max_size=3))
+def test_any_real_hard_end_overrides_reconciled_ends_in_any_order_without_a_conflict(
+    events, end, reconciled
+):
+    alone = view_of(*events, end)
+    both = view_of(*reconciled, *events, end)
+    assert both.status == "ended"
+    assert (both.endedAt, both.cause, both.outcome, both.errorMessage) == (
+        alone.endedAt,
+        alone.cause,
+        alone.outcome,
+        alone.errorMessage,
+    )
+    assert "reconciled" not in both.anomalies
+    assert ("conflicting_end" in both.anomalies) == ("conflicting_end" in alone.anomalies)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(any_event.filter(lambda e: F(e).end_kind != END_HARD), max_size=10),
+    reconciled_events(),
+    any_event.filter(lambda e: F(e).end_kind not in (END_HARD, END_RECONCILED)),
+)
+def test_a_late_event_never_reopens_a_reconciled_call(events, end, late):
+    assert_late_event_changes_no_end(events, end, late)
+    assert "reconciled" in view_of(*events, end, late).anomalies
 
 
 @settings(max_examples=200, deadline=None)
@@ -816,6 +869,7 @@ nonsense_facts = st.builds(
     parent=maybe_text,
     inbound=st.booleans(),
     late_ok=st.booleans(),
+    recon=maybe_text,
 )
 
 

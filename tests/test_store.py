@@ -653,6 +653,7 @@ def test_stats_count_calls_by_status_outcome_and_cause(calls_db):
         "byStatus": {"answered": 1, "ended": 3, "started": 1},
         "byOutcome": {"busy": 1, "no_answer": 1, "normal": 1},
         "byCause": {"NORMAL_CLEARING": 1, "USER_BUSY": 1},
+        "stale": 0,
         # c-0 and c-1 answered after 3 s and talked 67 s; c-4 timed out unanswered
         "kpis": {
             "attempts": 3,
@@ -667,6 +668,7 @@ def test_stats_count_calls_by_status_outcome_and_cause(calls_db):
         "byStatus": {"ended": 1, "started": 1},
         "byOutcome": {"busy": 1},
         "byCause": {"USER_BUSY": 1},
+        "stale": 0,
         "kpis": {
             "attempts": 1,
             "answered": 1,
@@ -683,6 +685,7 @@ def test_stats_of_an_empty_store(store):
         "byStatus": {},
         "byOutcome": {},
         "byCause": {},
+        "stale": 0,
         "kpis": {
             "attempts": 0,
             "answered": 0,

@@ -66,12 +66,34 @@ class Forward(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections: int = 100
 
 
+class Reconcile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """SPEC §11: stale calls, and asking Bandwidth's call API about them."""
+
+    enabled: bool = False
+    interval_seconds: float = 60.0
+    stale_after_seconds: float = 14400.0
+    v2_api_url: str = "https://voice.bandwidth.com/api/v2"
+    v1_api_url: str = "https://api.catapult.inetwork.com/v1"
+    account_id: str = ""
+    user_id: str = ""
+    username: str = ""
+    password: str = ""
+    max_requests_per_second: float = 5.0
+
+    def __repr__(self) -> str:  # the password is shown nowhere (logs, errors, dumps)
+        shown = {f: getattr(self, f) for f in self.__struct_fields__}
+        if shown["password"]:
+            shown["password"] = "***"
+        return "Reconcile(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     server: Server = msgspec.field(default_factory=Server)
     storage: Storage = msgspec.field(default_factory=Storage)
     ingest: Ingest = msgspec.field(default_factory=Ingest)
     query: Query = msgspec.field(default_factory=Query)
     forward: Forward = msgspec.field(default_factory=Forward)
+    reconcile: Reconcile = msgspec.field(default_factory=Reconcile)
     outcomes: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -81,6 +103,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "ingest": Ingest,
     "query": Query,
     "forward": Forward,
+    "reconcile": Reconcile,
 }
 NOT_SETTINGS = {"TRACKER_CONFIG"}
 LOG_LEVELS = (
@@ -166,6 +189,7 @@ def _validate(s: Settings) -> Settings:
     if bool(s.ingest.username) != bool(s.ingest.password):
         raise ConfigError("ingest.username and ingest.password must be set together")
     _check_credentials(s)
+    _check_reconcile(s.reconcile)
     if s.storage.busy_timeout_ms < 0:
         raise ConfigError(
             f"storage.busy_timeout_ms must be 0 or more, got {s.storage.busy_timeout_ms}"
@@ -219,6 +243,33 @@ def _check_credentials(s: Settings) -> None:
         raise ConfigError(
             "query.token must not contain control characters or leading or trailing spaces "
             "(no Authorization header could carry it)"
+        )
+
+
+def _check_reconcile(r: Reconcile) -> None:
+    for key in ("interval_seconds", "stale_after_seconds", "max_requests_per_second"):
+        value = getattr(r, key)
+        if not value > 0:
+            raise ConfigError(f"reconcile.{key} must be positive, got {value}")
+    for key in ("v2_api_url", "v1_api_url"):
+        url = getattr(r, key)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+            raise ConfigError(
+                f"reconcile.{key} must be an http:// or https:// URL without credentials"
+                f" (they go in reconcile.username and password), got {redact_url(url)!r}"
+            )
+    if bool(r.username) != bool(r.password):
+        raise ConfigError("reconcile.username and reconcile.password must be set together")
+    if ":" in r.username:
+        raise ConfigError(
+            "reconcile.username must not contain ':' (HTTP Basic splits user and password at"
+            f" the first colon), got {r.username!r}"
+        )
+    if r.enabled and not r.username:
+        raise ConfigError(
+            "reconcile.enabled needs reconcile.username and reconcile.password (a Bandwidth API"
+            " user with read access to calls)"
         )
 
 

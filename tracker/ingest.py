@@ -7,6 +7,7 @@ Pure apart from the clock: raises :class:`~tracker.errors.TrackerError` for a re
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Final
 from urllib.parse import parse_qsl
@@ -14,9 +15,17 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from tracker.errors import EventRejected, InvalidJson, TooLarge, TrackerError, UnsupportedMediaType
-from tracker.events import Decoded, InvalidEvent, decode_object, parse_json, restore_plus
-from tracker.records import Entry, Reject, now_ms
-from tracker.state import fact_of
+from tracker.events import (
+    Decoded,
+    InvalidEvent,
+    content_key,
+    decode_object,
+    parse_json,
+    restore_plus,
+)
+from tracker.reconcile.fact import reconciled_fact
+from tracker.records import ORIGIN_RECONCILE, Entry, LoggedEvent, Reject, now_ms
+from tracker.state import RECONCILED, fact_of
 
 #: The refusals whose body is kept in the quarantine (the others are not about the body).
 QUARANTINED: Final = frozenset({400, 408, 413, 415, 422})
@@ -41,6 +50,42 @@ def make_entry(decoded: Decoded, body: bytes, fmt: str, received_at: int | None 
         body=body,
         received_at=now_ms() if received_at is None else received_at,
     )
+
+
+def reconciled_entry(body: bytes, received_at: int | None = None) -> Entry:
+    """The tracker's own ``reconciled`` event (SPEC §11) from its JSON body, as the reconciler
+    appends it and ``tracker copy`` reads it again. Its content key has a namespace of its own:
+    the same body posted to ``/callbacks`` is another event (an unknown one)."""
+    obj = parse_json(body)
+    if not isinstance(obj, dict) or obj.get("eventType") != RECONCILED:
+        raise ValueError("not a reconciled event")
+    canonical, _ = content_key(obj)
+    key = hashlib.blake2b(b"reconciled\0" + canonical, digest_size=16).digest()
+    fact = reconciled_fact(obj, key)
+    t = fact.t
+    cid = obj.get("callId")
+    return Entry(
+        dkey=struct.pack(">q", t if t is not None else 0) + key,
+        api=2 if fact.v2 else 1,
+        event_type=RECONCILED,
+        call_id=cid if isinstance(cid, str) and cid else None,
+        event_time=t,
+        fact=fact,
+        fact_blob=_fact_enc.encode(fact),
+        fmt="json",
+        body=body,
+        received_at=now_ms() if received_at is None else received_at,
+        origin=ORIGIN_RECONCILE,
+    )
+
+
+def entry_of(event: LoggedEvent, max_batch: int = 1) -> Entry:
+    """A logged event as ingest (or the reconciler) made it, from its exact body and origin
+    (``tracker copy``). Raises TrackerError (or ValueError for a broken reconciled body)."""
+    if event.origin == ORIGIN_RECONCILE:
+        return reconciled_entry(event.body, event.received_at)
+    entries, _ = parse_entries(event.body, event.fmt, max_batch)
+    return entries[0]._replace(received_at=event.received_at)
 
 
 def content_kind(content_type: bytes, body: bytes) -> str:

@@ -107,8 +107,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.reconcile_answers = Counter(
+            "tracker_reconcile_answers",
+            "Answers of Bandwidth's call API about stale calls, by kind"
+            ' ("ended" ones are recorded as reconciled events).',
+            ["kind"],
+            registry=r,
+        )
         self._head = _AtScrape("tracker_log_last_seq", "The highest committed log position.")
+        self._stale = _AtScrape(
+            "tracker_stale_calls",
+            "Calls not ended with nothing received for [reconcile] stale_after_seconds.",
+        )
         r.register(self._head)
+        r.register(self._stale)
         # the library's mode was chosen when it was imported: in-process values ignore the dir
         self._shared = None if ValueClass is MutexValue else os.environ.get(MULTIPROC_DIR)
 
@@ -119,9 +131,14 @@ class Metrics:
             child = self._ingested[label] = self.ingested.labels(label)
         child.inc()
 
-    def render(self, last_seq: int) -> bytes:
-        """The Prometheus text of this app, or of every worker together (multiprocess mode)."""
+    def count_reconcile(self, kind: str) -> None:
+        self.reconcile_answers.labels(kind).inc()
+
+    def render(self, last_seq: int, stale: int | None = None) -> bytes:
+        """The Prometheus text of this app, or of every worker together (multiprocess mode);
+        ``last_seq`` and ``stale`` are read from the storage at the scrape."""
         self._head.value = last_seq
+        self._stale.value = stale
         if not self._shared:
             return generate_latest(self.registry)
         from prometheus_client.multiprocess import MultiProcessCollector
@@ -129,4 +146,5 @@ class Metrics:
         together = CollectorRegistry(auto_describe=False)
         MultiProcessCollector(together, path=self._shared)  # type: ignore[no-untyped-call]
         together.register(self._head)
+        together.register(self._stale)
         return generate_latest(together)

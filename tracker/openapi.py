@@ -54,6 +54,7 @@ class Stats(msgspec.Struct):
     byStatus: dict[str, int]
     byOutcome: dict[str, int]
     byCause: dict[str, int]
+    stale: int  # calls not ended with nothing received for [reconcile] stale_after_seconds
     kpis: Kpis
 
 
@@ -193,6 +194,11 @@ def document() -> dict[str, Any]:
         _q("from", "Caller number"),
         _q("to", "Called number"),
         _q("tag", "Tag"),
+        _q(
+            "stale",
+            "Stale calls (not ended, nothing received for [reconcile] stale_after_seconds) or not",
+            {"type": "string", "enum": ["true", "false"]},
+        ),
         _q("since", "firstEventAt >= since", _TIME),
         _q("until", "firstEventAt < until", _TIME),
         _q("limit", "Page size", _LIMIT),

@@ -36,6 +36,11 @@ class Entry(NamedTuple):
     fmt: str  # "json", "form" or "query": how the body bytes are to be read
     body: bytes
     received_at: int
+    origin: str | None = None  # None: received; ORIGIN_RECONCILE: the tracker's own event
+
+
+#: The log's ``origin`` of the events the tracker appends itself (SPEC §11's ``reconciled``).
+ORIGIN_RECONCILE: Final = "reconcile"
 
 
 class Appended(NamedTuple):
@@ -74,6 +79,7 @@ class LoggedEvent(NamedTuple):
     event_time: int | None
     fmt: str
     body: bytes
+    origin: str | None = None
 
 
 class StoredReject(NamedTuple):
@@ -110,6 +116,7 @@ class Counts(NamedTuple):
     by_outcome: dict[str, int]
     by_cause: dict[str, int]
     kpis: Kpis
+    stale: int = 0
 
 
 #: A place in a call's timeline: (event time in ms, or ``None`` for the untimed events, seq).

@@ -61,9 +61,16 @@ def _secs(a: int | None, b: int | None) -> float | None:
         return None
 
 
+def reconciled(s: CallState) -> bool:
+    """A reconciled end is the call's end (no real hard end is known)."""
+    return s.hard is None and s.recon is not None
+
+
 def ended_at(s: CallState) -> int | None:
     if s.hard is not None:
         return s.hard[2]
+    if s.recon is not None:
+        return s.recon[2]
     if s.soft is not None:
         return s.soft[3]
     return None
@@ -80,6 +87,8 @@ def render(s: CallState, outcome: str | None) -> CallView:
     cause = error = None
     if s.hard is not None:
         cause, error = s.hard[3], s.hard[4]
+    elif s.recon is not None:
+        cause, error = s.recon[3], s.recon[4]
     elif s.soft is not None:
         error = s.soft[4]
     anomalies = []
@@ -87,6 +96,8 @@ def render(s: CallState, outcome: str | None) -> CallView:
         anomalies.append("conflicting_end")
     if end is not None and s.live_max is not None and s.live_max > end:
         anomalies.append("event_after_end")
+    if reconciled(s):
+        anomalies.append("reconciled")
     if s.time_bad:
         anomalies.append("unparseable_time")
     return CallView(
@@ -218,6 +229,7 @@ def stats_json(c: Counts) -> dict[str, Any]:
         "byStatus": c.by_status,
         "byOutcome": c.by_outcome,
         "byCause": c.by_cause,
+        "stale": c.stale,
         "kpis": {
             "attempts": k.attempts,
             "answered": k.answered,

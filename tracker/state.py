@@ -12,7 +12,7 @@ keys, and the store (which dedupes by a UNIQUE key) calls :func:`evolve` once pe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -32,6 +32,10 @@ END_NONE: Final = 0
 END_TIMEOUT: Final = 1  # v1 timeout: soft end
 END_ERROR: Final = 2  # v1 error: soft end
 END_HARD: Final = 3  # v1 hangup, v2 disconnect, v2 transferDisconnect
+END_RECONCILED: Final = 4  # the tracker's own ``reconciled`` event (SPEC §11): a real end wins
+
+#: The event type of what reconciliation appends (only with the reconciler's origin).
+RECONCILED: Final = "reconciled"
 
 OUTCOMES: Final = ("normal", "busy", "no_answer", "cancelled", "rejected", "failed", "error")
 
@@ -93,11 +97,14 @@ class Fact(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     parent: str | None = None
     inbound: bool = False
     late_ok: bool = False  # hard ends and recording/transcription results
+    recon: str | None = None  # a reconciled end: v1 "rejected"/"answered"/"unanswered", v2 ""
 
 
 Pick = tuple[int, bytes, str]  # (time key, content key, value)
 HardEnd = tuple[int, bytes, int | None, str | None, str | None]  # (tkey, key, end, cause, error)
 SoftEnd = tuple[int, bytes, int, int | None, str | None]  # (tkey, key, kind, end, error)
+# (tkey, key, end, cause, error, v1 state or "" for v2): the earliest reconciled end
+ReconEnd = tuple[int, bytes, int | None, str | None, str | None, str]
 
 
 class CallState(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -124,6 +131,10 @@ class CallState(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     count: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
+    recon: ReconEnd | None = None
+    #: The latest receipt time (ms) of the call's distinct events, like ``last_seq`` a fact of
+    #: arrival, not of content: what "stale" is measured from (SPEC §11).
+    received: int | None = None
 
 
 def initial_state(call_id: str = "") -> CallState:
@@ -169,7 +180,7 @@ def fact_of(decoded: Decoded, seq: int | None = None) -> Fact:
             start = tm(ev.startTime)
             answer = tm(ev.answerTime)
             answered = bool(ev.answerTime)
-            if et == "answer":
+            if et in ("answer", "transferAnswer"):  # the B-leg's answer: as an answer (SPEC §4)
                 answered = True
                 if answer is None:
                     answer = t
@@ -260,15 +271,11 @@ def _hi(a: Pick | None, b: Pick | None) -> Pick | None:
     return a if a >= b else b
 
 
-def _lo_hard(a: HardEnd | None, b: HardEnd | None) -> HardEnd | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a if (a[0], a[1]) <= (b[0], b[1]) else b
+EndT = TypeVar("EndT", HardEnd, SoftEnd, ReconEnd)
 
 
-def _lo_soft(a: SoftEnd | None, b: SoftEnd | None) -> SoftEnd | None:
+def _lo_end(a: EndT | None, b: EndT | None) -> EndT | None:
+    """The earlier of two ends, by (time key, content key)."""
     if a is None:
         return b
     if b is None:
@@ -294,9 +301,9 @@ def merge(a: CallState, b: CallState) -> CallState:
         started=_min(a.started, b.started),
         answered=a.answered or b.answered,
         answered_at=_min(a.answered_at, b.answered_at),
-        hard=_lo_hard(a.hard, b.hard),
+        hard=_lo_end(a.hard, b.hard),
         conflict=conflict,
-        soft=_lo_soft(a.soft, b.soft),
+        soft=_lo_end(a.soft, b.soft),
         tag=_hi(a.tag, b.tag),
         from_=_lo(a.from_, b.from_),
         to=_lo(a.to, b.to),
@@ -308,15 +315,20 @@ def merge(a: CallState, b: CallState) -> CallState:
         count=a.count + b.count,
         first_seq=_min(a.first_seq, b.first_seq),
         last_seq=_max(a.last_seq, b.last_seq),
+        recon=_lo_end(a.recon, b.recon),
+        received=_max(a.received, b.received),
     )
 
 
-def evolve(state: CallState, fact: Fact, seq: int | None = None) -> CallState:
-    """The state after one more *distinct* event (the store's UNIQUE key guarantees that).
+def evolve(
+    state: CallState, fact: Fact, seq: int | None = None, received: int | None = None
+) -> CallState:
+    """The state after one more *distinct* event (the store's UNIQUE key guarantees that),
+    received at ``received`` (ms).
 
     Equal to ``merge(state, unit(fact))`` (property-tested), computed in one pass.
     """
-    return fold_distinct([(fact, seq)], state.call_id, start=state)
+    return fold_distinct([(fact, seq)], state.call_id, start=state, received=received)
 
 
 def fold(facts: Iterable[Fact], call_id: str = "") -> CallState:
@@ -337,9 +349,10 @@ def fold_distinct(
     pairs: Iterable[tuple[Fact, int | None]],
     call_id: str = "",
     start: CallState | None = None,
+    received: int | None = None,
 ) -> CallState:
     """:func:`fold` in one pass over *distinct* facts with their seqs (``None``: the fact's own),
-    from ``start`` (default: the empty state).
+    from ``start`` (default: the empty state); ``received``: the latest receipt time among them.
 
     The per-field rules of each event, kept in local variables instead of building a state per
     event: this is what replay runs over millions of events and the writer once per event.
@@ -350,7 +363,7 @@ def fold_distinct(
     v2, inbound, answered, conflict, time_bad = s.v2, s.inbound, s.answered, s.conflict, s.time_bad
     direction, from_, to, parent = s.direction, s.from_, s.to, s.parent
     first, tag, last = s.first, s.tag, s.last
-    hard, soft = s.hard, s.soft
+    hard, soft, recon = s.hard, s.soft, s.recon
     started, answered_at, live_max = s.started, s.answered_at, s.live_max
     first_seq, last_seq, count = s.first_seq, s.last_seq, s.count
     for fact, seq in pairs:
@@ -393,6 +406,10 @@ def fold_distinct(
                     conflict = True
                 if (h[0], k) < (hard[0], hard[1]):
                     hard = h
+        elif kind == END_RECONCILED:
+            r_t = BIG if fact.end_t is None else fact.end_t
+            if recon is None or (r_t, k) < (recon[0], recon[1]):
+                recon = (r_t, k, fact.end_t, fact.cause, fact.error, fact.recon or "")
         elif kind in (END_TIMEOUT, END_ERROR):
             so: SoftEnd = (lo_t, k, kind, fact.end_t, fact.error)
             if soft is None or (lo_t, k) < (soft[0], soft[1]):
@@ -447,6 +464,8 @@ def fold_distinct(
         count=count,
         first_seq=first_seq,
         last_seq=last_seq,
+        recon=recon,
+        received=_max(s.received, received),
     )
 
 
@@ -455,15 +474,20 @@ def fold_distinct(
 
 
 def status_of(s: CallState) -> str:
-    if s.hard is not None or s.soft is not None:
+    if s.hard is not None or s.recon is not None or s.soft is not None:
         return "ended"
     return "answered" if s.answered else "started"
 
 
 def outcome_for(s: CallState, outcomes: Mapping[str, str] | None = None) -> str | None:
-    """The call's outcome: null until it ended; from the hard end's cause, else the soft end."""
+    """The call's outcome: null until it ended; from the hard end's cause, else a reconciled
+    end (v2: its cause; v1: rejected, else normal or no_answer by the API's answer time), else
+    the soft end."""
     if s.hard is not None:
         return outcome_of(s.hard[3], outcomes)
+    if s.recon is not None:
+        v1 = {"rejected": "rejected", "answered": "normal", "unanswered": "no_answer"}
+        return v1.get(s.recon[5]) or outcome_of(s.recon[3], outcomes)
     if s.soft is not None:
         return "no_answer" if s.soft[2] == END_TIMEOUT else "error"
     return None

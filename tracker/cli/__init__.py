@@ -1,4 +1,4 @@
-"""The ``tracker`` command line: serve, replay, import, export, show, backup and copy.
+"""The ``tracker`` command line: serve, replay, import, export, show, backup, reconcile and copy.
 
 Every command takes ``--db PATH`` and ``--config PATH``; settings are built-in defaults < config
 file < ``TRACKER_<SECTION>_<KEY>`` environment variables < flags. Exit codes: 0 ok; 1 a data
@@ -22,6 +22,7 @@ from tracker import __version__
 from tracker.cli.commands import cmd_backup, cmd_export, cmd_import, cmd_replay, cmd_show
 from tracker.cli.common import EXIT_DATA, EXIT_OK, EXIT_USAGE, CliError, say
 from tracker.cli.copy import cmd_copy
+from tracker.cli.reconcile import cmd_reconcile
 from tracker.cli.serve import cmd_serve
 from tracker.errors import ConfigError, TrackerError
 
@@ -141,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dest", metavar="DEST", help="the backup file to create")
     p.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
+
+    p = command(
+        "reconcile",
+        cmd_reconcile,
+        "ask Bandwidth's call API about the stale calls, once",
+        "One reconciliation pass (as a server with [reconcile] enabled makes every interval): "
+        "ask the API about each stale call (not ended, nothing received for "
+        "reconcile.stale_after_seconds) and record a 'reconciled' event for each one it says is "
+        "over. Prints per call the URL asked, the answer, and what was recorded.",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="ask, print, and record nothing (claim nothing)"
+    )
 
     p = command(
         "copy",

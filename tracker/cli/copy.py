@@ -17,7 +17,7 @@ import msgspec
 from tracker.cli.common import EXIT_OK, EXIT_USAGE, CliError, Progress, settings_of, storage_of
 from tracker.config import Settings, is_url
 from tracker.errors import TrackerError
-from tracker.ingest import parse_entries
+from tracker.ingest import entry_of
 from tracker.records import Entry, LoggedEvent, Reject
 from tracker.storage import Storage, describe
 
@@ -33,12 +33,14 @@ def _dest_settings(settings: Settings, dest: str) -> Settings:
 
 
 def _entry(event: LoggedEvent) -> Entry:
-    """The event as ingest made it, from its exact body (one event a body in the log)."""
+    """The event as ingest (or the reconciler) made it, from its exact body and its origin (one
+    event a body in the log)."""
     try:
-        entries, _ = parse_entries(event.body, event.fmt, 1)
+        return entry_of(event)
     except TrackerError as err:
         raise CliError(f"event {event.seq} cannot be read again: {err.detail}") from None
-    return entries[0]._replace(received_at=event.received_at)
+    except ValueError as err:
+        raise CliError(f"event {event.seq} cannot be read again: {err}") from None
 
 
 def _check_empty(dest: Storage, where: str) -> None:

@@ -51,6 +51,7 @@ from tracker.http.queries import Queries
 from tracker.http.stream import LiveStream
 from tracker.metrics import Metrics
 from tracker.openapi import document
+from tracker.reconcile import start_reconciler, stop_reconciler
 from tracker.records import Appended
 from tracker.routes import ROUTES
 from tracker.storage import Storage, open_storage
@@ -74,7 +75,8 @@ class TrackerApp:
         self.writer: Writer | None = None
         self.forwarder: Any = None
         self.callbacks = Callbacks(settings, self.metrics)
-        self.queries = Queries()
+        self.queries = Queries(int(settings.reconcile.stale_after_seconds * 1000))
+        self.reconciler: Any = None
         self.live = LiveStream(self.queries, self.metrics, settings.query.max_streams)
         self._sweeper: asyncio.Task[None] | None = None
         self._token = settings.query.token.encode() if settings.query.token else None
@@ -89,7 +91,7 @@ class TrackerApp:
         ]
         self.starlette = Starlette(
             routes=routes,
-            lifespan=self._lifespan,
+            lifespan=lambda app: self.lifespan(app),
             exception_handlers={
                 TrackerError: self._handle_error,
                 HTTPException: self._handle_http,
@@ -135,10 +137,12 @@ class TrackerApp:
         self.callbacks.forwarder = self.forwarder
         self.live.start(storage)
         self._sweeper = asyncio.get_running_loop().create_task(self.callbacks.sweep_reads())
+        self.reconciler = start_reconciler(storage, self.writer, self.settings, self.metrics)
 
     async def close(self) -> None:
         """Stop streams, commit everything queued, checkpoint, close."""
         self.live.stop()
+        self.reconciler = await stop_reconciler(self.reconciler)
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -181,9 +185,6 @@ class TrackerApp:
             yield
         finally:
             await self.close()
-
-    def _lifespan(self, app: Any) -> Any:
-        return self.lifespan(app)
 
     def _on_commit(
         self, last_seq: int, done: list[tuple[Any, list[Appended]]], elapsed: float
@@ -275,9 +276,11 @@ class TrackerApp:
 
     async def metrics_route(self, request: Request) -> Response:
         last = self.writer.last_seq if self.writer is not None else 0
+        stale: int | None = None
         with contextlib.suppress(StorageUnavailable):  # metrics go on without the database
             last = await self.queries.read(_head)  # the log's head, whoever committed it
-        return Response(self.metrics.render(last), media_type="text/plain; version=0.0.4")
+            stale = await self.queries.stale_count()
+        return Response(self.metrics.render(last, stale), media_type="text/plain; version=0.0.4")
 
     async def openapi(self, request: Request) -> Response:
         return Response(self._openapi, media_type="application/json")

@@ -120,8 +120,9 @@ def timeline_json(
 class Queries:
     """The query routes on one storage (set by the app's lifespan; ``None`` before)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stale_after_ms: int = 14_400_000) -> None:
         self.storage: Storage | None = None
+        self.stale_after_ms = stale_after_ms  # [reconcile] stale_after_seconds (SPEC §11)
         self.pool = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="read")
 
     async def read(self, fn: Callable[[Storage], T]) -> T:
@@ -130,6 +131,18 @@ class Queries:
         if storage is None:
             raise StorageUnavailable("the service is not started (lifespan not run)")
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, storage)
+
+    def stale_before(self) -> int:
+        """The receipt time before which a call not ended is stale, now."""
+        return now_ms() - self.stale_after_ms
+
+    async def stale_count(self) -> int | None:
+        """How many calls are stale now (``/metrics``); ``None`` when storage cannot say."""
+        cutoff = self.stale_before()
+        try:
+            return await self.read(lambda s: s.stale_count(cutoff))
+        except TrackerError:  # storage down: the other figures are still worth a scrape
+            return None
 
     async def call_route(self, scope: Scope, send: Send) -> None:
         """``GET /calls/{callId}`` and ``GET /calls/{callId}/events`` on the raw path."""
@@ -167,7 +180,7 @@ class Queries:
 
     async def list_calls(self, request: Request) -> Response:
         params = query_params(request)
-        only(params, {*FILTERS, "since", "until", "limit", "cursor"})
+        only(params, {*FILTERS, "since", "until", "limit", "cursor", "stale"})
         # ?from=+1323... unencoded reads as " 1323...": the number it was, as on ingest
         filters = {k: v for k, v in restore_plus(params).items() if k in FILTERS}
         if "status" in filters and filters["status"] not in STATUSES:
@@ -179,8 +192,22 @@ class Queries:
         before = None
         if "cursor" in params:
             before = int_param(params, "cursor", 0, 1, MAX_SEQ)
+        stale: bool | None = None
+        if "stale" in params:
+            if params["stale"] not in ("true", "false"):
+                raise BadParameter("stale must be true or false")
+            stale = params["stale"] == "true"
+        cutoff = self.stale_before()
         calls, nxt = await self.read(
-            lambda s: s.calls(filters, since=since, until=until, limit=limit, before_seq=before)
+            lambda s: s.calls(
+                filters,
+                since=since,
+                until=until,
+                limit=limit,
+                before_seq=before,
+                stale=stale,
+                stale_before=cutoff,
+            )
         )
         views = [call_json(c) for c in calls]
         tail = b"null" if nxt is None else b'"%d"' % nxt
@@ -194,7 +221,8 @@ class Queries:
         params = query_params(request)
         only(params, {"since", "until"})
         since, until = time_param(params, "since"), time_param(params, "until")
-        out = await self.read(lambda s: s.stats(since=since, until=until))
+        cutoff = self.stale_before()
+        out = await self.read(lambda s: s.stats(since=since, until=until, stale_before=cutoff))
         return Response(_json.encode(stats_json(out)), media_type="application/json")
 
     async def series(self, request: Request) -> Response:

@@ -131,15 +131,31 @@ class Storage(Protocol):
         until: int | None = None,
         limit: int = 100,
         before_seq: int | None = None,
+        stale: bool | None = None,
+        stale_before: int = 0,
     ) -> tuple[list[CallRecord], int | None]:
         """A page of calls, highest ``lastSeq`` first, by equality ``filters`` (names in
-        :data:`tracker.records.FILTERS`), first event time in ``[since, until)`` and the cursor
-        ``before_seq``; returns the page and the next cursor (``None`` on the last page)."""
+        :data:`tracker.records.FILTERS`), first event time in ``[since, until)``, the cursor
+        ``before_seq`` and, unless ``stale`` is ``None``, whether the call is stale (not ended,
+        nothing received before ``stale_before`` ms); returns the page and the next cursor
+        (``None`` on the last page)."""
         ...
 
-    def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
+    def stats(
+        self, *, since: int | None = None, until: int | None = None, stale_before: int | None = None
+    ) -> Counts:
         """Calls counted by status, outcome and cause, and the sums behind the KPIs (first event
-        time in ``[since, until)``)."""
+        time in ``[since, until)``); with ``stale_before``, the stale calls among them."""
+        ...
+
+    def stale_count(self, stale_before: int) -> int:
+        """How many calls are stale: not ended, nothing received before ``stale_before`` ms."""
+        ...
+
+    def claim_stale(self, limit: int, now: int, until: int, stale_before: int) -> list[CallRecord]:
+        """Atomically claim up to ``limit`` stale calls that no one holds a claim on at ``now``
+        (ms), until ``until``, and return them: with any number of processes or hosts, each
+        stale call is claimed by one of them per interval (SPEC §11)."""
         ...
 
     def time_bounds(self) -> tuple[int | None, int | None]:

@@ -24,7 +24,7 @@ FILTER_COLUMNS: Final = {
     "to": "to_number",
     "tag": "tag",
 }
-EVENT_COLUMNS: Final = "seq, received_at, event_type, call_id, event_time, fmt, body"
+EVENT_COLUMNS: Final = "seq, received_at, event_type, call_id, event_time, fmt, body, origin"
 REJECT_COLUMNS: Final = (
     "id, received_at, status, error, detail, content_type, path, size, truncated, body"
 )
@@ -58,20 +58,51 @@ def calls_page_query(
     until: int | None,
     limit: int,
     before_seq: int | None,
+    stale: bool | None = None,
+    stale_before: int = 0,
+    hint: str = "",
 ) -> tuple[str, list[Any]]:
-    """GET /calls's statement: equality filters, the time range and the cursor, highest
-    ``last_seq`` first, one row more than ``limit`` (to know whether a next page exists)."""
-    parts = [f"{FILTER_COLUMNS[name]} = {p}" for name in filters]
+    """GET /calls's statement: equality filters, the time range, the cursor and whether the call
+    is stale (SPEC §11), highest ``last_seq`` first, one row more than ``limit`` (to know
+    whether a next page exists). ``hint`` prefixes the other columns' terms when ``stale`` is
+    true (SQLite's ``+``: the planner then takes the stale index's one range a status instead of
+    walking every call of a status or a time range)."""
+    h = hint if stale else ""
+    parts = [f"{h}{FILTER_COLUMNS[name]} = {p}" for name in filters]
     args: list[Any] = list(filters.values())
     more_parts, more_args = time_range(p, since, until)
-    parts += more_parts
+    parts += [h + part for part in more_parts]
     args += more_args
     if before_seq is not None:
-        parts.append(f"last_seq < {p}")
+        parts.append(f"{h}last_seq < {p}")
         args.append(before_seq)
+    if stale is not None:
+        parts.append(stale_term(p) if stale else f"(status = 'ended' OR last_received_at >= {p})")
+        args.append(stale_before)
     args.append(limit + 1)
     sql = f"SELECT state, outcome, last_seq FROM calls{where(parts)}"
     return sql + f" ORDER BY last_seq DESC LIMIT {p}", args
+
+
+def stale_term(p: str) -> str:
+    """SPEC §11: not ended, and nothing received since the cutoff (one index range a status)."""
+    return f"status IN ('started', 'answered') AND last_received_at < {p}"
+
+
+def stale_count_query(p: str, clause: str) -> str:
+    """How many calls are stale (within a ``WHERE`` clause of a time range, if any)."""
+    return f"SELECT count(*) FROM calls{clause}{' AND ' if clause else ' WHERE '}{stale_term(p)}"
+
+
+def claim_stale_query(p: str, pick: str) -> str:
+    """The stale calls no claim holds at ``now`` (longest silent first, ``pick``: the backend's
+    way of picking them), then claimed: args ``(stale_before, now, limit, until)``."""
+    return (
+        f"WITH picked AS (SELECT call_key FROM calls WHERE {stale_term(p)} AND"
+        f" (claimed_until IS NULL OR claimed_until <= {p}) ORDER BY last_received_at"
+        f" LIMIT {p}{pick}) UPDATE calls SET claimed_until = {p}"
+        " WHERE call_key IN (SELECT call_key FROM picked) RETURNING state, outcome"
+    )
 
 
 def calls_page(rows: Sequence[Any], limit: int) -> tuple[list[CallRecord], int | None]:
@@ -122,14 +153,14 @@ def count_query(column: str, clause: str) -> str:
     return f"SELECT {column}, count(*) FROM calls{clause} GROUP BY {column} ORDER BY {column}"
 
 
-def counts_of(breakdowns: Sequence[Iterable[Any]], kpis: Kpis) -> Counts:
+def counts_of(breakdowns: Sequence[Iterable[Any]], kpis: Kpis, stale: int = 0) -> Counts:
     """/stats' counts from the rows of :func:`count_query` for each of ``COUNTED_COLUMNS``
-    (the total is the sum over the statuses)."""
+    (the total is the sum over the statuses), and the stale calls."""
     out: list[dict[str, int]] = []
     for rows in breakdowns:
         out.append({value: int(n) for value, n in rows if value is not None})
     total = sum(out[0].values())
-    return Counts(total, out[0], out[1], out[2], kpis)
+    return Counts(total, out[0], out[1], out[2], kpis, stale)
 
 
 def kpi_clause(clause: str) -> str:

@@ -175,6 +175,8 @@ class PostgresStorage:
         until: int | None = None,
         limit: int = 100,
         before_seq: int | None = None,
+        stale: bool | None = None,
+        stale_before: int = 0,
     ) -> tuple[list[CallRecord], int | None]:
         return self.db.read(
             queries.list_calls,
@@ -183,10 +185,20 @@ class PostgresStorage:
             until=until,
             limit=limit,
             before_seq=before_seq,
+            stale=stale,
+            stale_before=stale_before,
         )
 
-    def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
-        return self.db.read(queries.stats, since=since, until=until)
+    def stats(
+        self, *, since: int | None = None, until: int | None = None, stale_before: int | None = None
+    ) -> Counts:
+        return self.db.read(queries.stats, since=since, until=until, stale_before=stale_before)
+
+    def stale_count(self, stale_before: int) -> int:
+        return self.db.read(queries.stale_count, stale_before)
+
+    def claim_stale(self, limit: int, now: int, until: int, stale_before: int) -> list[CallRecord]:
+        return self.db.read(queries.claim_stale, limit, now, until, stale_before)
 
     def time_bounds(self) -> tuple[int | None, int | None]:
         return self.db.read(queries.time_bounds)

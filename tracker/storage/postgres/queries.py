@@ -21,6 +21,7 @@ from tracker.storage.sql import (
     EVENT_COLUMNS,
     calls_page,
     calls_page_query,
+    claim_stale_query,
     count_query,
     counts_of,
     kpi_clause,
@@ -28,6 +29,7 @@ from tracker.storage.sql import (
     rejects_query,
     series_of,
     series_query,
+    stale_count_query,
     time_range,
     timeline_keys_query,
     timeline_page,
@@ -39,7 +41,7 @@ Conn = psycopg.Connection[Any]
 
 
 def _event(r: Any) -> LoggedEvent:
-    return LoggedEvent(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
+    return LoggedEvent(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), r[7])
 
 
 def get_call(conn: Conn, call_id: str) -> CallRecord | None:
@@ -90,21 +92,62 @@ def list_calls(
     until: int | None = None,
     limit: int = 100,
     before_seq: int | None = None,
+    stale: bool | None = None,
+    stale_before: int = 0,
 ) -> tuple[list[CallRecord], int | None]:
     sql, args = calls_page_query(
-        "%s", filters, since=since, until=until, limit=limit, before_seq=before_seq
+        "%s",
+        filters,
+        since=since,
+        until=until,
+        limit=limit,
+        before_seq=before_seq,
+        stale=stale,
+        stale_before=stale_before,
+        hint="",
     )
     return calls_page(conn.execute(sql.encode(), args).fetchall(), limit)
 
 
-def stats(conn: Conn, *, since: int | None = None, until: int | None = None) -> Counts:
+def stats(
+    conn: Conn,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    stale_before: int | None = None,
+) -> Counts:
     parts, args = time_range("%s", since, until)
     clause = where(parts)
     rows = [
         conn.execute(count_query(column, clause).encode(), args).fetchall()
         for column in COUNTED_COLUMNS
     ]
-    return counts_of(rows, kpis(conn, clause, args))
+    stale = 0
+    if stale_before is not None:
+        stale = stale_count(conn, stale_before, clause, args)
+    return counts_of(rows, kpis(conn, clause, args), stale)
+
+
+def stale_count(
+    conn: Conn, stale_before: int, clause: str = "", args: list[Any] | None = None
+) -> int:
+    """How many calls are stale (SPEC §11), within a time range's clause if any."""
+    sql = stale_count_query("%s", clause).encode()
+    row = conn.execute(sql, [*(args or []), stale_before]).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def claim_stale(
+    conn: Conn, limit: int, now: int, until: int, stale_before: int
+) -> list[CallRecord]:
+    """Mark up to ``limit`` stale calls no claim holds at ``now`` as claimed ``until``, and
+    return them: one statement, so among any number of processes and hosts each stale call
+    goes to one claimer per interval (``FOR UPDATE SKIP LOCKED``: claimers never wait on
+    each other)."""
+    sql = claim_stale_query("%s", " FOR UPDATE SKIP LOCKED").encode()
+    rows = conn.execute(sql, (stale_before, now, limit, until)).fetchall()
+    decode = _state_dec.decode
+    return [CallRecord(decode(bytes(r[0])), r[1]) for r in rows]
 
 
 def kpis(conn: Conn, clause: str, args: list[Any]) -> Kpis:

@@ -25,7 +25,7 @@ Conn = psycopg.Connection[Any]
 Progress = Callable[[int, int], None]
 
 _state_dec = msgspec.msgpack.Decoder(CallState)
-_CALL_ROWS = "call_key, seq, call_id, fact"
+_CALL_ROWS = "call_key, seq, call_id, fact, received_at"
 _INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
 
 
@@ -37,7 +37,7 @@ def _iter_folded(conn: Conn, max_seq: int) -> Iterator[tuple[int, CallState]]:
             " ORDER BY call_key, seq".encode(),
             (max_seq,),
         )
-        yield from _fold_rows((r[0], r[1], r[2], bytes(r[3])) for r in cur)
+        yield from _fold_rows((r[0], r[1], r[2], bytes(r[3]), r[4]) for r in cur)
 
 
 def _stored(conn: Conn) -> Iterator[tuple[Any, ...]]:
@@ -52,7 +52,7 @@ def _fold_call(conn: Conn, call_key: int) -> CallState | None:
     rows = conn.execute(
         f"SELECT {_CALL_ROWS} FROM events WHERE call_key = %s ORDER BY seq".encode(), (call_key,)
     ).fetchall()
-    for _, state in _fold_rows((r[0], r[1], r[2], bytes(r[3])) for r in rows):
+    for _, state in _fold_rows((r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows):
         return state
     return None
 

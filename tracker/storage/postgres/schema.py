@@ -10,20 +10,24 @@ several hosts starting at once migrate once):
   values commit out of order.
 * ``events`` — the append-only log, the exact bytes received in ``body`` (``bytea``). ``dkey``
   (UNIQUE, a btree) is the dedupe key: 8 bytes of event time then a 16-byte digest.
-* ``calls`` — the projection, written in the same transaction as the append.
+* ``calls`` — the projection, written in the same transaction as the append. ``(status,
+  last_received_at)`` makes the stale calls an index range; ``claimed_until`` is the
+  reconciler's claim on a stale call (not state: a replay starts it over).
 * ``rejects`` — the quarantine of refused bodies.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any, Final
 
 import psycopg
 
 from tracker.storage.errors import NoDatabase, NotATrackerDatabase, SchemaTooNew
+from tracker.storage.sqlite.writes import with_received
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: events.origin, calls.last_received_at and claimed_until
 #: ``pg_advisory_xact_lock`` key of schema changes (any constant shared by every host).
 MIGRATION_LOCK: Final = 0x747261636B6572  # "tracker"
 #: The channel of the commit notifications (``LISTEN``/``NOTIFY``).
@@ -117,11 +121,13 @@ CREATE TABLE {name} (
     started_at bigint,
     answered_at bigint,
     ended_at bigint,
-    state bytea
+    state bytea,
+    last_received_at bigint,
+    claimed_until bigint
 )"""
 
 
-def calls_indexes(name: str) -> list[str]:
+def calls_indexes(name: str, *, stale: bool = True) -> list[str]:
     """The projection's indexes (a random suffix keeps their names unique across swaps)."""
     s = secrets.token_hex(4)
     out = [
@@ -133,7 +139,13 @@ def calls_indexes(name: str) -> list[str]:
         out.append(f"CREATE INDEX calls_{column}_{s} ON {name} ({column}, last_seq)")
     for column in ("from_number", "to_number", "tag"):
         out.append(f"CREATE INDEX calls_{column}_{s} ON {name} ({column})")
+    if stale:
+        out.append(stale_index(name, s))
     return out
+
+
+def stale_index(name: str, suffix: str) -> str:
+    return f"CREATE INDEX calls_stale_{suffix} ON {name} (status, last_received_at)"
 
 
 _V1: Final = [
@@ -162,7 +174,7 @@ _V1: Final = [
     "CREATE UNIQUE INDEX events_dkey ON events (dkey)",
     "CREATE INDEX events_call ON events (call_key, seq)",
     calls_ddl("calls"),
-    *calls_indexes("calls"),
+    *calls_indexes("calls", stale=False),
     """CREATE TABLE rejects (
         id bigint PRIMARY KEY,
         received_at bigint NOT NULL,
@@ -178,8 +190,37 @@ _V1: Final = [
     "INSERT INTO tracker_schema VALUES (1)",
 ]
 
+
+#: Version 2: the log's origin column, each call's last receipt (filled from the log) and the
+#: reconciler's claim. Plain DDL and one UPDATE inside the migration's transaction, under its
+#: advisory lock: a host that waited for the lock finds version 2 and runs none of it. A database
+#: created at version 2 gets these from version 1's DDL already, hence ``IF NOT EXISTS``.
+def _fill_received(conn: psycopg.Connection[Any]) -> None:
+    """Each call's last receipt time from its log, into its column and its stored state."""
+    rows = conn.execute(
+        "SELECT c.call_key, c.state, e.received FROM calls c JOIN (SELECT call_key,"
+        " max(received_at) AS received FROM events WHERE call_key IS NOT NULL GROUP BY call_key)"
+        " e ON e.call_key = c.call_key WHERE c.last_received_at IS NULL"
+    ).fetchall()
+    with conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE calls SET last_received_at = %s, state = %s WHERE call_key = %s",
+            [(r[2], with_received(bytes(r[1]), r[2]), r[0]) for r in rows],
+        )
+
+
+Step = str | Callable[[psycopg.Connection[Any]], None]
+
+_V2: Final[list[Step]] = [
+    "ALTER TABLE events ADD COLUMN IF NOT EXISTS origin text",
+    "ALTER TABLE calls ADD COLUMN IF NOT EXISTS last_received_at bigint",
+    "ALTER TABLE calls ADD COLUMN IF NOT EXISTS claimed_until bigint",
+    _fill_received,
+    stale_index("calls", "v2"),
+]
+
 #: The steps from each version to the next (index 0: from none to 1).
-MIGRATIONS: Final[list[list[str]]] = [_V1]
+MIGRATIONS: Final[list[list[Step]]] = [list(_V1), _V2]
 
 
 def migrate(conn: psycopg.Connection[Any], where: str) -> None:
@@ -200,6 +241,9 @@ def migrate(conn: psycopg.Connection[Any], where: str) -> None:
                 f"{SCHEMA_VERSION}: upgrade tracker"
             )
         for steps in MIGRATIONS[version:SCHEMA_VERSION]:
-            for sql in steps:
-                conn.execute(sql.encode())
+            for step in steps:
+                if isinstance(step, str):
+                    conn.execute(step.encode())
+                else:
+                    step(conn)
         conn.execute("UPDATE tracker_schema SET version = %s", (SCHEMA_VERSION,))

@@ -29,20 +29,20 @@ _state_dec = msgspec.msgpack.Decoder(CallState)
 
 CALL_COLUMNS: Final = (
     "call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at,"
-    " last_seq, started_at, answered_at, ended_at, state"
+    " last_seq, started_at, answered_at, ended_at, last_received_at, state"
 )
 INSERT_CALL: Final = (
-    f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})"
+    f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join(['%s'] * 16)})"
 )
 _SELECT_CALLS = f"SELECT call_key, {CALL_COLUMNS} FROM calls WHERE call_id = ANY(%s)"
 _UPDATE_CALL = (
     "UPDATE calls SET status = %s, outcome = %s, cause = %s, direction = %s, from_number = %s,"
     " to_number = %s, tag = %s, first_event_at = %s, last_seq = %s, started_at = %s,"
-    " answered_at = %s, ended_at = %s, state = %s WHERE call_key = %s"
+    " answered_at = %s, ended_at = %s, last_received_at = %s, state = %s WHERE call_key = %s"
 )
 INSERT_EVENT: Final = (
     "INSERT INTO events (seq, received_at, api, event_type, call_id, call_key, event_time, dkey,"
-    " fmt, fact, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " fmt, fact, body, origin) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 INSERT_REJECT: Final = (
     "INSERT INTO rejects (id, received_at, status, error, detail, content_type, path, size,"
@@ -149,7 +149,7 @@ class Appender:
                         call_key += 1
                         cur = (call_key, initial_state(cid), None)
                     key = cur[0]
-                    touched[cid] = (key, evolve(cur[1], e.fact, seq), cur[2])
+                    touched[cid] = (key, evolve(cur[1], e.fact, seq, e.received_at), cur[2])
                 rows.append(
                     (
                         seq,
@@ -163,6 +163,7 @@ class Appender:
                         e.fmt,
                         e.fact_blob,
                         e.body,
+                        e.origin,
                     )
                 )
                 res.append(Appended(seq, False))

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from tracker.records import (
     Appended,
@@ -183,26 +183,20 @@ class SqliteStorage:
     ) -> TimelinePage | None:
         return self._read(queries.timeline, call_id, after=after, limit=limit)
 
-    def calls(
-        self,
-        filters: Mapping[str, str],
-        *,
-        since: int | None = None,
-        until: int | None = None,
-        limit: int = 100,
-        before_seq: int | None = None,
-    ) -> tuple[list[CallRecord], int | None]:
-        return self._read(
-            queries.list_calls,
-            filters,
-            since=since,
-            until=until,
-            limit=limit,
-            before_seq=before_seq,
-        )
+    def calls(self, filters: Mapping[str, str], **kw: Any) -> tuple[list[CallRecord], int | None]:
+        """:meth:`Storage.calls`, its keyword arguments as there."""
+        return self._read(queries.list_calls, filters, **kw)
 
-    def stats(self, *, since: int | None = None, until: int | None = None) -> Counts:
-        return self._read(queries.stats, since=since, until=until)
+    def stats(
+        self, *, since: int | None = None, until: int | None = None, stale_before: int | None = None
+    ) -> Counts:
+        return self._read(queries.stats, since=since, until=until, stale_before=stale_before)
+
+    def stale_count(self, stale_before: int) -> int:
+        return self._read(queries.stale_count, stale_before)
+
+    def claim_stale(self, limit: int, now: int, until: int, stale_before: int) -> list[CallRecord]:
+        return self._read(queries.claim_stale, limit, now, until, stale_before)
 
     def time_bounds(self) -> tuple[int | None, int | None]:
         return self._read(queries.time_bounds)

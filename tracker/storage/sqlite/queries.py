@@ -23,6 +23,7 @@ from tracker.storage.sql import (
     EVENT_COLUMNS,
     calls_page,
     calls_page_query,
+    claim_stale_query,
     count_query,
     counts_of,
     kpi_clause,
@@ -30,6 +31,7 @@ from tracker.storage.sql import (
     rejects_query,
     series_of,
     series_query,
+    stale_count_query,
     time_range,
     timeline_keys_query,
     timeline_page,
@@ -92,21 +94,67 @@ def list_calls(
     until: int | None = None,
     limit: int = 100,
     before_seq: int | None = None,
+    stale: bool | None = None,
+    stale_before: int = 0,
 ) -> tuple[list[CallRecord], int | None]:
     """Calls, highest ``lastSeq`` first; returns the page and the next cursor."""
     sql, args = calls_page_query(
-        "?", filters, since=since, until=until, limit=limit, before_seq=before_seq
+        "?",
+        filters,
+        since=since,
+        until=until,
+        limit=limit,
+        before_seq=before_seq,
+        stale=stale,
+        stale_before=stale_before,
+        hint="+",
     )
     return calls_page(conn.execute(sql, args).fetchall(), limit)
 
 
 def stats(
-    conn: sqlite3.Connection, *, since: int | None = None, until: int | None = None
+    conn: sqlite3.Connection,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    stale_before: int | None = None,
 ) -> Counts:
     parts, args = time_range("?", since, until)
     clause = where(parts)
     rows = [conn.execute(count_query(column, clause), args) for column in COUNTED_COLUMNS]
-    return counts_of(rows, kpis(conn, clause, args))
+    stale = 0
+    if stale_before is not None:
+        stale = stale_count(conn, stale_before, clause, args)
+    return counts_of(rows, kpis(conn, clause, args), stale)
+
+
+def stale_count(
+    conn: sqlite3.Connection, stale_before: int, clause: str = "", args: list[Any] | None = None
+) -> int:
+    """How many calls are stale (SPEC §11), within a time range's clause if any."""
+    sql = stale_count_query("?", clause)
+    row = conn.execute(sql, [*(args or []), stale_before]).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def claim_stale(
+    conn: sqlite3.Connection, limit: int, now: int, until: int, stale_before: int
+) -> list[CallRecord]:
+    """Mark up to ``limit`` stale calls no claim holds at ``now`` as claimed ``until``, and
+    return them: one statement, so among any number of processes and hosts each stale call
+    goes to one claimer per interval (an ``UPDATE … RETURNING`` in one write transaction)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            claim_stale_query("?", ""), (stale_before, now, limit, until)
+        ).fetchall()
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    decode = _state_dec.decode
+    return [CallRecord(decode(bytes(r[0])), r[1]) for r in rows]
 
 
 def kpis(conn: sqlite3.Connection, clause: str, args: list[Any]) -> Kpis:

@@ -22,29 +22,34 @@ _state_dec = msgspec.msgpack.Decoder(CallState)
 
 Progress = Callable[[int, int], None]
 
-_CALL_ROWS = "call_key, seq, call_id, fact"
+_CALL_ROWS = "call_key, seq, call_id, fact, received_at"
 _INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
 
 
 def _fold_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[int, CallState]]:
-    """Fold rows ``(call_key, seq, call_id, fact)`` ordered by call_key: one state per call.
+    """Fold rows ``(call_key, seq, call_id, fact, received_at)`` ordered by call_key: one state
+    per call (with the latest receipt time of its events).
 
     A plain loop into a list per call: over a million events, groupby's sub-iterators and a
     generator per call cost more than the fold itself (BENCHMARKS.md)."""
     decode = _fact_dec.decode
+    replace = msgspec.structs.replace
     key: int | None = None
     call_id = ""
+    latest = 0
     pairs: list[tuple[Fact, int | None]] = []
     append = pairs.append
-    for call_key, seq, cid, blob in rows:
+    for call_key, seq, cid, blob, received in rows:
         if call_key != key:
             if key is not None:
-                yield key, fold_distinct(pairs, call_id)
-            key, call_id, pairs = call_key, cid, []
+                yield key, replace(fold_distinct(pairs, call_id), received=latest)
+            key, call_id, pairs, latest = call_key, cid, [], received
             append = pairs.append
+        elif received > latest:
+            latest = received
         append((decode(blob), seq))
     if key is not None:
-        yield key, fold_distinct(pairs, call_id)
+        yield key, replace(fold_distinct(pairs, call_id), received=latest)
 
 
 def _iter_folded(conn: sqlite3.Connection, max_seq: int) -> Iterator[tuple[int, CallState]]:

@@ -5,10 +5,14 @@ Tables (created and migrated with sqlite-utils; ``PRAGMA user_version`` is the v
 * ``events`` — the append-only log. ``seq`` is the log position. ``dkey`` (UNIQUE) is the
   dedupe key: 8 bytes of event time then the 16-byte content digest, so the index grows at its
   right edge like the log instead of at random places. ``fact`` is what the fold needs (msgpack),
-  so replay never re-parses JSON; ``body`` holds the exact bytes received. Never updated or deleted.
+  so replay never re-parses JSON; ``body`` holds the exact bytes received; ``origin`` is NULL for
+  a received event, ``reconcile`` for the tracker's own. Never updated or deleted.
 * ``calls`` — the projection, one row per call, written in the same transaction as the append.
   ``call_key`` is given to a call when it is first seen, so it grows with time too; the log keeps
   it, so a replay streams the log call by call (``ORDER BY call_key, seq``) in bounded memory.
+  ``last_received_at`` (the latest receipt of a distinct event) with ``status`` makes the stale
+  calls one index range; ``claimed_until`` is the reconciler's claim on a stale call (not state:
+  a replay starts it over).
 * ``rejects`` — the quarantine of refused bodies (capped in size), for repair and re-ingest.
 """
 
@@ -22,9 +26,11 @@ from typing import Any, Final
 from sqlite_utils import Database
 
 from tracker.storage.errors import NoDatabase, NotATrackerDatabase, SchemaTooNew
-from tracker.storage.sqlite.writes import state_times
+from tracker.storage.sqlite.writes import state_times, with_received
 
-SCHEMA_VERSION: Final = 2  # 2: the started_at, answered_at, ended_at columns of calls
+# 2: the started_at, answered_at, ended_at columns of calls
+# 3: events.origin; calls.last_received_at (stale calls) and calls.claimed_until (reconciliation)
+SCHEMA_VERSION: Final = 3
 
 #: The projection's column of each filter of ``GET /calls``.
 
@@ -115,7 +121,9 @@ def _calls_columns() -> dict[str, Any]:
         "started_at": int,
         "answered_at": int,
         "ended_at": int,
+        "last_received_at": int,
         "state": bytes,
+        "claimed_until": int,
     }
 
 
@@ -138,6 +146,14 @@ def create_calls_indexes(db: Database, name: str, suffix: str) -> None:
         t.create_index([column, "last_seq"], index_name=f"calls_{column}_{suffix}")
     for column in ("from_number", "to_number", "tag"):
         t.create_index([column], index_name=f"calls_{column}_{suffix}")
+    create_stale_index(db, name, suffix)
+
+
+def create_stale_index(db: Database, name: str, suffix: str) -> None:
+    """Schema 3: the calls not ended, by last receipt: ``stale=true`` is one range a status."""
+    db.table(name).create_index(
+        ["status", "last_received_at"], index_name=f"calls_stale_{suffix}", if_not_exists=True
+    )
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -193,6 +209,8 @@ def migrate(conn: sqlite3.Connection) -> None:
             )
         if version < 2:
             _add_time_columns(conn)
+        if version < 3:
+            _add_stale_columns(conn, db)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -213,3 +231,26 @@ def _add_time_columns(conn: sqlite3.Connection) -> None:
         "UPDATE calls SET started_at = ?, answered_at = ?, ended_at = ? WHERE call_key = ?",
         ((*state_times(blob), key) for key, blob in rows),
     )
+
+
+def _add_stale_columns(conn: sqlite3.Connection, db: Database) -> None:
+    """Schema 3: ``events.origin``, and each call's last receipt time (from the log: the latest
+    ``received_at`` of its events, also written into its stored state) and reconciler claim."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    if "origin" not in have:
+        conn.execute("ALTER TABLE events ADD COLUMN origin TEXT")
+    have = {r[1] for r in conn.execute("PRAGMA table_info(calls)")}
+    if "last_received_at" in have:  # created at version 3 already
+        return
+    conn.execute("ALTER TABLE calls ADD COLUMN last_received_at INTEGER")
+    conn.execute("ALTER TABLE calls ADD COLUMN claimed_until INTEGER")
+    rows = conn.execute(
+        "SELECT c.call_key, c.state, (SELECT max(e.received_at) FROM events e"
+        " WHERE e.call_key = c.call_key) FROM calls c"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE calls SET last_received_at = ?, state = ? WHERE call_key = ?",
+        ((received, with_received(blob, received), key) for key, blob, received in rows),
+    )
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    create_stale_index(db, "calls", "b" if "calls_id_b" in indexes else "a")

@@ -16,7 +16,14 @@ import msgspec
 
 from tracker.records import Appended, Entry, Reject
 from tracker.render import ended_at
-from tracker.state import CallState, direction_of, evolve, initial_state, outcome_for, status_of
+from tracker.state import (
+    CallState,
+    direction_of,
+    evolve,
+    initial_state,
+    outcome_for,
+    status_of,
+)
 from tracker.storage.sqlite.lock import WriterLock
 
 CACHE_CALLS: Final = 20_000  # calls whose state the writer keeps in memory
@@ -31,7 +38,7 @@ def row_of(state: CallState, outcomes: Mapping[str, str] | None) -> tuple[Any, .
         state.call_id,
         status_of(state),
         outcome_for(state, outcomes),
-        state.hard[3] if state.hard is not None else None,
+        cause_of(state),
         direction_of(state),
         state.from_[2] if state.from_ is not None else None,
         state.to[2] if state.to is not None else None,
@@ -39,8 +46,18 @@ def row_of(state: CallState, outcomes: Mapping[str, str] | None) -> tuple[Any, .
         state.first[0] if state.first is not None else None,
         state.last_seq,
         *times_of(state),
+        state.received,
         _state_enc.encode(state),
     )
+
+
+def cause_of(s: CallState) -> str | None:
+    """The raw cause of the call's end: a real hard end's, else a reconciled end's."""
+    if s.hard is not None:
+        return s.hard[3]
+    if s.recon is not None:
+        return s.recon[3]
+    return None
 
 
 def times_of(state: CallState) -> tuple[int | None, int | None, int | None]:
@@ -53,28 +70,33 @@ def state_times(blob: bytes) -> tuple[int | None, int | None, int | None]:
     return times_of(_state_dec.decode(blob))
 
 
+def with_received(blob: bytes, received: int | None) -> bytes:
+    """A stored state with its last receipt time (the schema-3 migration, from the log)."""
+    return _state_enc.encode(msgspec.structs.replace(_state_dec.decode(blob), received=received))
+
+
 CALL_COLUMNS: Final = (
     "call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at,"
-    " last_seq, started_at, answered_at, ended_at, state"
+    " last_seq, started_at, answered_at, ended_at, last_received_at, state"
 )
-INSERT_CALL: Final = f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+INSERT_CALL: Final = f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _SELECT_CALL = f"SELECT call_key, {CALL_COLUMNS} FROM calls WHERE call_id = ?"
 _UPDATE_CALL = (
     "UPDATE calls SET status = ?, outcome = ?, cause = ?, direction = ?, from_number = ?,"
     " to_number = ?, tag = ?, first_event_at = ?, last_seq = ?, started_at = ?, answered_at = ?,"
-    " ended_at = ?, state = ? WHERE call_key = ?"
+    " ended_at = ?, last_received_at = ?, state = ? WHERE call_key = ?"
 )
 _UPDATE_CALL_LEAN = (
     "UPDATE calls SET status = ?, outcome = ?, cause = ?, last_seq = ?, started_at = ?,"
-    " answered_at = ?, ended_at = ?, state = ? WHERE call_key = ?"
+    " answered_at = ?, ended_at = ?, last_received_at = ?, state = ? WHERE call_key = ?"
 )
 # (call_key, state, the row as last committed or None for a call not yet in the table)
 _Call = tuple[int, CallState, tuple[Any, ...] | None]
 
 _INSERT_EVENT = """
 INSERT INTO events (seq, received_at, api, event_type, call_id, call_key, event_time, dkey, fmt,
-                    fact, body)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    fact, body, origin)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (dkey) DO NOTHING
 """
 
@@ -195,6 +217,7 @@ class Appender:
                         e.fmt,
                         e.fact_blob,
                         e.body,
+                        e.origin,
                     ),
                 ).rowcount
                 if not inserted:  # the UNIQUE dkey: the same content is already logged
@@ -204,7 +227,8 @@ class Appender:
                 if cur is not None and cid is not None:
                     if call_key == next_key:
                         next_key += 1
-                    touched[cid] = (cur[0], evolve(cur[1], e.fact, next_seq), cur[2])
+                    state = evolve(cur[1], e.fact, next_seq, e.received_at)
+                    touched[cid] = (cur[0], state, cur[2])
                 res.append(Appended(next_seq, False))
                 next_seq += 1
             results.append(res)
