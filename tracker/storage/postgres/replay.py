@@ -7,7 +7,7 @@ new table, then, holding the head row, catch up and swap the table in. ``--check
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -16,13 +16,20 @@ import psycopg
 from tracker.records import CallRecord, Drift
 from tracker.render import ORPHAN, drift_fields
 from tracker.state import CallState
+from tracker.storage.interface import Progress
 from tracker.storage.postgres.schema import calls_ddl, calls_indexes
-from tracker.storage.postgres.writes import CALL_COLUMNS, INSERT_CALL, LOCK_HEAD
-from tracker.storage.sqlite.replay import DIFF_MIN, DIFF_SHARE, Difference, _fold_rows, differences
-from tracker.storage.sqlite.writes import row_of
+from tracker.storage.postgres.writes import INSERT_CALL, LOCK_HEAD
+from tracker.storage.projection import (
+    CALL_COLUMNS,
+    DIFF_MIN,
+    DIFF_SHARE,
+    Difference,
+    differences,
+    fold_rows,
+    row_of,
+)
 
 Conn = psycopg.Connection[Any]
-Progress = Callable[[int, int], None]
 
 _state_dec = msgspec.msgpack.Decoder(CallState)
 _CALL_ROWS = "call_key, seq, call_id, fact, received_at"
@@ -37,7 +44,7 @@ def _iter_folded(conn: Conn, max_seq: int) -> Iterator[tuple[int, CallState]]:
             " ORDER BY call_key, seq".encode(),
             (max_seq,),
         )
-        yield from _fold_rows((r[0], r[1], r[2], bytes(r[3]), r[4]) for r in cur)
+        yield from fold_rows((r[0], r[1], r[2], bytes(r[3]), r[4]) for r in cur)
 
 
 def _stored(conn: Conn) -> Iterator[tuple[Any, ...]]:
@@ -52,7 +59,7 @@ def _fold_call(conn: Conn, call_key: int) -> CallState | None:
     rows = conn.execute(
         f"SELECT {_CALL_ROWS} FROM events WHERE call_key = %s ORDER BY seq".encode(), (call_key,)
     ).fetchall()
-    for _, state in _fold_rows((r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows):
+    for _, state in fold_rows((r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows):
         return state
     return None
 

@@ -25,7 +25,7 @@ from typing import Any, Final
 import psycopg
 
 from tracker.storage.errors import NoDatabase, NotATrackerDatabase, SchemaTooNew
-from tracker.storage.sqlite.writes import with_received
+from tracker.storage.projection import with_received
 
 SCHEMA_VERSION: Final = 2  # 2: events.origin, calls.last_received_at and claimed_until
 #: ``pg_advisory_xact_lock`` key of schema changes (any constant shared by every host).

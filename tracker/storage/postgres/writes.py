@@ -21,16 +21,12 @@ import psycopg
 from tracker.records import Appended, Entry, Reject
 from tracker.state import CallState, evolve, initial_state
 from tracker.storage.postgres.schema import CHANNEL
-from tracker.storage.sqlite.writes import quarantine_cap, row_of
+from tracker.storage.projection import CALL_COLUMNS, quarantine_cap, row_of
 
 CACHE_CALLS: Final = 20_000
 
 _state_dec = msgspec.msgpack.Decoder(CallState)
 
-CALL_COLUMNS: Final = (
-    "call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at,"
-    " last_seq, started_at, answered_at, ended_at, last_received_at, state"
-)
 INSERT_CALL: Final = (
     f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join(['%s'] * 16)})"
 )

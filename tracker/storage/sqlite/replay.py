@@ -5,51 +5,33 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import msgspec
 from sqlite_utils import Database
 
 from tracker.records import CallRecord, Drift
 from tracker.render import ORPHAN, drift_fields
-from tracker.state import CallState, Fact, fold_distinct
+from tracker.state import CallState, Fact
+from tracker.storage.interface import Progress
+from tracker.storage.projection import (
+    CALL_COLUMNS,
+    DIFF_MIN,
+    DIFF_SHARE,
+    Difference,
+    differences,
+    fold_rows,
+    row_of,
+)
 from tracker.storage.sqlite.schema import create_calls_indexes, create_calls_table
-from tracker.storage.sqlite.writes import CALL_COLUMNS, INSERT_CALL, row_of
+from tracker.storage.sqlite.writes import INSERT_CALL
 
 _fact_dec = msgspec.msgpack.Decoder(Fact)
 _state_dec = msgspec.msgpack.Decoder(CallState)
 
-Progress = Callable[[int, int], None]
-
 _CALL_ROWS = "call_key, seq, call_id, fact, received_at"
 _INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
-
-
-def _fold_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[int, CallState]]:
-    """Fold rows ``(call_key, seq, call_id, fact, received_at)`` ordered by call_key: one state
-    per call (with the latest receipt time of its events).
-
-    A plain loop into a list per call: over a million events, groupby's sub-iterators and a
-    generator per call cost more than the fold itself (BENCHMARKS.md)."""
-    decode = _fact_dec.decode
-    replace = msgspec.structs.replace
-    key: int | None = None
-    call_id = ""
-    latest = 0
-    pairs: list[tuple[Fact, int | None]] = []
-    append = pairs.append
-    for call_key, seq, cid, blob, received in rows:
-        if call_key != key:
-            if key is not None:
-                yield key, replace(fold_distinct(pairs, call_id), received=latest)
-            key, call_id, pairs, latest = call_key, cid, [], received
-            append = pairs.append
-        elif received > latest:
-            latest = received
-        append((decode(blob), seq))
-    if key is not None:
-        yield key, replace(fold_distinct(pairs, call_id), received=latest)
 
 
 def _iter_folded(conn: sqlite3.Connection, max_seq: int) -> Iterator[tuple[int, CallState]]:
@@ -59,7 +41,7 @@ def _iter_folded(conn: sqlite3.Connection, max_seq: int) -> Iterator[tuple[int, 
         " ORDER BY call_key, seq",
         (max_seq,),
     )
-    return _fold_rows(rows)
+    return fold_rows(rows)
 
 
 def fold_call(conn: sqlite3.Connection, call_key: int) -> CallState | None:
@@ -67,50 +49,9 @@ def fold_call(conn: sqlite3.Connection, call_key: int) -> CallState | None:
     rows = conn.execute(
         f"SELECT {_CALL_ROWS} FROM events WHERE call_key = ? ORDER BY seq", (call_key,)
     )
-    for _, state in _fold_rows(rows):
+    for _, state in fold_rows(rows):
         return state
     return None
-
-
-#: Below this many differing calls (or a tenth of them, whichever is more), replay rewrites just
-#: those rows in place, in one transaction; beyond it, it rebuilds into a new table.
-DIFF_MIN: Final = 1000
-DIFF_SHARE: Final = 10
-
-# (call_key, folded state or None: an orphan, the row it should be or None, the stored row or None)
-Difference = tuple[int, CallState | None, tuple[Any, ...] | None, tuple[Any, ...] | None]
-
-
-def differences(
-    folded: Iterable[tuple[int, CallState]],
-    stored: Iterable[tuple[Any, ...]],
-    outcomes: Mapping[str, str],
-    progress: Progress | None = None,
-    total: int = 0,
-) -> Iterator[Difference]:
-    """Merge the folded log and the stored rows, both in ``call_key`` order: every call whose row
-    is missing, differs from its fold, or has no events (an orphan)."""
-    rows = iter(stored)
-    got = next(rows, None)
-    n = 0
-    for n, (call_key, state) in enumerate(folded, 1):
-        while got is not None and got[0] < call_key:
-            yield got[0], None, None, tuple(got)
-            got = next(rows, None)
-        want = (call_key, *row_of(state, outcomes))
-        if got is not None and got[0] == call_key:
-            if tuple(got) != want:
-                yield call_key, state, want, tuple(got)
-            got = next(rows, None)
-        else:
-            yield call_key, state, want, None
-        if progress and n % 10000 == 0:
-            progress(n, total)
-    while got is not None:
-        yield got[0], None, None, tuple(got)
-        got = next(rows, None)
-    if progress:
-        progress(n, total)
 
 
 def _stored(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:

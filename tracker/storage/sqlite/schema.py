@@ -26,7 +26,7 @@ from typing import Any, Final
 from sqlite_utils import Database
 
 from tracker.storage.errors import NoDatabase, NotATrackerDatabase, SchemaTooNew
-from tracker.storage.sqlite.writes import state_times, with_received
+from tracker.storage.projection import state_times, with_received
 
 # 2: the started_at, answered_at, ended_at columns of calls
 # 3: events.origin; calls.last_received_at (stale calls) and calls.claimed_until (reconciliation)

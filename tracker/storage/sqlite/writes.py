@@ -15,15 +15,12 @@ from typing import Any, Final
 import msgspec
 
 from tracker.records import Appended, Entry, Reject
-from tracker.render import ended_at
 from tracker.state import (
     CallState,
-    direction_of,
     evolve,
     initial_state,
-    outcome_for,
-    status_of,
 )
+from tracker.storage.projection import CALL_COLUMNS, quarantine_cap, row_of
 from tracker.storage.sqlite.lock import WriterLock
 
 CACHE_CALLS: Final = 20_000  # calls whose state the writer keeps in memory
@@ -32,53 +29,6 @@ _state_dec = msgspec.msgpack.Decoder(CallState)
 _state_enc = msgspec.msgpack.Encoder()
 
 
-def row_of(state: CallState, outcomes: Mapping[str, str] | None) -> tuple[Any, ...]:
-    """The calls row of a state: its filter columns and the accumulator (rendered on reads)."""
-    return (
-        state.call_id,
-        status_of(state),
-        outcome_for(state, outcomes),
-        cause_of(state),
-        direction_of(state),
-        state.from_[2] if state.from_ is not None else None,
-        state.to[2] if state.to is not None else None,
-        state.tag[2] if state.tag is not None else None,
-        state.first[0] if state.first is not None else None,
-        state.last_seq,
-        *times_of(state),
-        state.received,
-        _state_enc.encode(state),
-    )
-
-
-def cause_of(s: CallState) -> str | None:
-    """The raw cause of the call's end: a real hard end's, else a reconciled end's."""
-    if s.hard is not None:
-        return s.hard[3]
-    if s.recon is not None:
-        return s.recon[3]
-    return None
-
-
-def times_of(state: CallState) -> tuple[int | None, int | None, int | None]:
-    """The start, answer and end times (ms) the projection keeps as columns (for the KPIs)."""
-    return state.started, state.answered_at, ended_at(state)
-
-
-def state_times(blob: bytes) -> tuple[int | None, int | None, int | None]:
-    """:func:`times_of` a stored state (the schema-2 migration fills old rows with it)."""
-    return times_of(_state_dec.decode(blob))
-
-
-def with_received(blob: bytes, received: int | None) -> bytes:
-    """A stored state with its last receipt time (the schema-3 migration, from the log)."""
-    return _state_enc.encode(msgspec.structs.replace(_state_dec.decode(blob), received=received))
-
-
-CALL_COLUMNS: Final = (
-    "call_id, status, outcome, cause, direction, from_number, to_number, tag, first_event_at,"
-    " last_seq, started_at, answered_at, ended_at, last_received_at, state"
-)
 INSERT_CALL: Final = f"INSERT INTO calls (call_key, {CALL_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _SELECT_CALL = f"SELECT call_key, {CALL_COLUMNS} FROM calls WHERE call_id = ?"
 _UPDATE_CALL = (
@@ -99,10 +49,6 @@ INSERT INTO events (seq, received_at, api, event_type, call_id, call_key, event_
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (dkey) DO NOTHING
 """
-
-
-def quarantine_cap(body: bytes, cap: int) -> tuple[bytes, bool]:
-    return (body[:cap], True) if len(body) > cap else (body, False)
 
 
 class Appender:
