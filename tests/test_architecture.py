@@ -60,6 +60,18 @@ def test_nothing_outside_the_storage_package_imports_a_database_driver() -> None
     assert offenders == {}
 
 
+def test_one_backend_never_imports_the_other() -> None:
+    """What both need (the projection's rows, shared SQL) lives beside the interface."""
+    backends = ("tracker.storage.sqlite", "tracker.storage.postgres")
+    offenders = {
+        name: sorted(i for i in imports(name, path) if i.startswith(other))
+        for name, path in modules().items()
+        for own, other in (backends, backends[::-1])
+        if name == own or name.startswith(own + ".")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
 def test_the_pure_core_imports_nothing_from_the_shell() -> None:
     found = modules()
     offenders = {
