@@ -36,18 +36,6 @@ import psycopg
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    return total
-
-
 def postgres_pids() -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
@@ -62,14 +50,7 @@ def postgres_pids() -> list[int]:
 
 def metric_sum(url: str, name: str) -> tuple[float, float]:
     """``name``'s histogram ``_sum`` and ``_count`` from ``/metrics``."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key and not line.startswith("#"):
-            values[key] = float(value)
+    values = bc.scrape_metrics(url)
     return values.get(f"{name}_sum", 0.0), values.get(f"{name}_count", 0.0)
 
 
@@ -108,7 +89,7 @@ def run_side(side: str, work: Path, i: int, bodies: list[Path], args: Any) -> di
             servers.append(bc.start_server(side, [*cmd, "--db", db], bc.clean_env()))
         pids = [s.proc.pid for s in servers]
         pg = postgres_pids()
-        cpu0, pg0 = cpu_seconds(pids), cpu_seconds(pg)
+        cpu0, pg0 = bc.cpu_seconds(pids), bc.cpu_seconds(pg)
         results: list[Any] = [None] * hosts
         conns = max(1, args.connections // hosts)
 
@@ -122,7 +103,7 @@ def run_side(side: str, work: Path, i: int, bodies: list[Path], args: Any) -> di
             t.start()
         for t in threads:
             t.join()
-        cpu1, pg1 = cpu_seconds(pids), cpu_seconds(pg)
+        cpu1, pg1 = bc.cpu_seconds(pids), bc.cpu_seconds(pg)
         commits = [metric_sum(s.url, "tracker_commit_seconds") for s in servers]
         batches = [metric_sum(s.url, "tracker_batch_events") for s in servers]
     finally:

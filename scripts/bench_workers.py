@@ -22,23 +22,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import bench_common as bc
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-    return total
 
 
 def family(pid: int) -> list[int]:
@@ -54,16 +41,6 @@ def family(pid: int) -> list[int]:
     return out
 
 
-def metrics(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key and not line.startswith("#"):
-            values[key] = float(value)
-    return values
-
-
 def run_side(side: str, db: Path, bodies: Path, warm: Path, args: Any) -> dict[str, Any]:
     workers = int(side[1])
     cmd = [bc.PY, "-m", "tracker", "serve", "--host", "127.0.0.1", "--port", "0"]
@@ -75,11 +52,11 @@ def run_side(side: str, db: Path, bodies: Path, warm: Path, args: Any) -> dict[s
             time.sleep(0.3)
         before = bc.count_events(db)
         pids = family(srv.proc.pid)
-        m0, cpu0 = metrics(srv.url), cpu_seconds(pids)
+        m0, cpu0 = bc.scrape_metrics(srv.url), bc.cpu_seconds(pids)
         res = bc.ingest_wrk(
             srv, bodies, args.duration, connections=args.connections, threads=1, keep_seqs=True
         )
-        m1, cpu1 = metrics(srv.url), cpu_seconds(pids)
+        m1, cpu1 = bc.scrape_metrics(srv.url), bc.cpu_seconds(pids)
     finally:
         rc = srv.stop()
     check = bc.verify_ingest(db, before, res)
