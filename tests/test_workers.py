@@ -7,6 +7,8 @@ choosing: a connection's worker is the process holding the server end of its soc
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import shutil
@@ -220,6 +222,38 @@ def test_seq_is_gap_free_in_commit_order_under_concurrent_load_served_by_both_wo
             log = assert_acked_are_logged_gap_free(c, load)
         assert len(log) == 600
         assert sorted(seq for _e, seq, _d in load.acked) == list(range(1, 601))
+
+
+def test_a_read_on_the_other_worker_right_after_a_2xx_sees_the_event(db_target: str) -> None:
+    with workers(db_target) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        opened: list[http.client.HTTPConnection] = []
+        held: dict[int, http.client.HTTPConnection] = {}
+        while len(held) < 2:  # a keep-alive connection on each worker (the kernel decides)
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("GET", "/healthz")  # answered: the connection is accepted
+            assert conn.getresponse().read() == b'{"status":"ok"}'
+            opened.append(conn)
+            pid = worker_of(server, conn.sock.getsockname()[1])
+            assert pid is not None
+            held.setdefault(pid, conn)
+            assert len(opened) < 30
+        first, second = held.values()
+        for n in range(20):
+            writer, reader = (first, second) if n % 2 else (second, first)
+            event = an_event(n)
+            writer.request(
+                "POST", "/callbacks", json.dumps(event), {"Content-Type": "application/json"}
+            )
+            answer = writer.getresponse()
+            assert answer.status == 200
+            seq = json.loads(answer.read())["seq"]
+            reader.request("GET", f"/calls/{event['callId']}")
+            got = reader.getresponse()
+            assert got.status == 200
+            assert json.loads(got.read())["lastSeq"] == seq
+        for conn in opened:
+            conn.close()
 
 
 # --------------------------------------------------------------------------------------------
