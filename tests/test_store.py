@@ -355,6 +355,51 @@ def test_replay_rebuilds_into_a_new_table_when_many_calls_differ(store, monkeypa
     assert store.replay(check=True) == []
 
 
+def test_replay_in_two_processes_checks_and_repairs_like_one(store, monkeypatch):
+    monkeypatch.setattr(sqlite_replay, "SPLIT_MIN", 1)  # a second process even for 20 calls
+    populate(store, 20)
+    good = views(store.conn)
+    store.conn.execute("UPDATE calls SET status = 'started' WHERE call_id IN ('c-3', 'c-17')")
+    store.conn.execute("DELETE FROM calls WHERE call_id IN ('c-1', 'c-18')")
+    store.conn.execute(
+        "INSERT INTO calls (call_key, call_id, status, last_seq, state)"
+        " VALUES (999, 'ghost', 'started', 999, x'')"
+    )
+    want = {"c-1", "c-3", "c-17", "c-18", "ghost"}  # in both halves
+    assert {cid for cid, _ in store.replay(check=True, jobs=2)} == want
+    assert dict(store.replay(check=True, jobs=2)) == dict(store.replay(check=True, jobs=1))
+    before = store.conn.total_changes
+    store.replay(jobs=2)
+    assert store.conn.total_changes - before == 7  # 2 rewritten (2 each), 2 written, 1 deleted
+    assert suffixes(store) == {"a"}
+    assert views(store.conn) == good
+    assert store.replay(check=True, jobs=2) == []
+
+
+def test_replay_does_the_second_half_itself_when_its_process_fails(store, monkeypatch):
+    monkeypatch.setattr(sqlite_replay, "SPLIT_MIN", 1)
+    monkeypatch.setattr(sqlite_replay.Half, "result", lambda self: None)
+    populate(store, 20)
+    good = views(store.conn)
+    store.conn.execute("UPDATE calls SET status = 'started' WHERE call_id IN ('c-3', 'c-17')")
+    assert {cid for cid, _ in store.replay(check=True, jobs=2)} == {"c-3", "c-17"}
+    store.replay(jobs=2)
+    assert views(store.conn) == good
+    assert store.replay(check=True) == []
+
+
+def test_replay_in_two_processes_rebuilds_when_many_calls_differ(store, monkeypatch):
+    monkeypatch.setattr(sqlite_replay, "SPLIT_MIN", 1)
+    monkeypatch.setattr(sqlite_replay, "DIFF_MIN", 2)
+    populate(store, 20)
+    good = views(store.conn)
+    store.conn.execute("UPDATE calls SET status = 'started' WHERE call_key > 15")  # upper half
+    store.replay(jobs=2)
+    assert suffixes(store) == {"b"}
+    assert views(store.conn) == good
+    assert store.replay(check=True) == []
+
+
 def suffixes(store: Store) -> set[str]:
     rows = store.conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'calls'"
@@ -403,7 +448,9 @@ def test_replay_reports_progress(store):
     assert seen[-1] == (3, 3)
 
 
-def test_replay_while_another_connection_appends_loses_nothing(db_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_replay_while_another_connection_appends_loses_nothing(db_path, monkeypatch, jobs):
+    monkeypatch.setattr(sqlite_replay, "SPLIT_MIN", 1)
     main = Store(db_path)
     populate(main, 300)
     writer = Store(db_path)
@@ -426,7 +473,8 @@ def test_replay_while_another_connection_appends_loses_nothing(db_path):
         thread.start()
         rounds = 0
         while not done.is_set() or rounds < 2:
-            main.replay()
+            main.replay(jobs=jobs)
+            assert main.replay(check=True, jobs=jobs) == []
             rounds += 1
         thread.join()
         assert errors == []

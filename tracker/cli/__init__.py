@@ -22,7 +22,6 @@ from tracker import __version__
 from tracker.cli.commands import cmd_backup, cmd_export, cmd_import, cmd_replay, cmd_show
 from tracker.cli.common import EXIT_DATA, EXIT_OK, EXIT_USAGE, CliError, say
 from tracker.cli.copy import cmd_copy
-from tracker.cli.reconcile import cmd_reconcile
 from tracker.cli.serve import cmd_serve
 from tracker.errors import ConfigError, TrackerError
 
@@ -36,6 +35,14 @@ CSV_NOTE = (
     "that a spreadsheet does not run it as a formula (OWASP), except a signed number such as "
     "+13233326955 or -3.5; --raw writes every value exactly."
 )
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """``tracker reconcile``, imported when run: its HTTP client (httpx) is a quarter of the other
+    commands' start-up (``tracker replay`` of a large log included, BENCHMARKS.md)."""
+    from tracker.cli.reconcile import cmd_reconcile as run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="report drift, change nothing")
     p.add_argument(
         "--rebuild", action="store_true", help="always fold into a new table and swap it in"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        metavar="N",
+        help="processes comparing a large SQLite log (1 or 2; default: 2 on 2 or more CPUs)",
     )
 
     p = command(

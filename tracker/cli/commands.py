@@ -52,7 +52,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     progress = Progress("replay: calls")
     try:
         start = time.monotonic()
-        drift = store.replay(check=args.check, progress=progress, rebuild=args.rebuild)
+        drift = store.replay(
+            check=args.check, progress=progress, rebuild=args.rebuild, jobs=args.jobs
+        )
         progress.done()
         elapsed = time.monotonic() - start
         calls, events = store.counts()

@@ -179,12 +179,18 @@ class Storage(Protocol):
     # -- the commands ------------------------------------------------------------------------
 
     def replay(
-        self, *, check: bool = False, progress: Progress | None = None, rebuild: bool = False
+        self,
+        *,
+        check: bool = False,
+        progress: Progress | None = None,
+        rebuild: bool = False,
+        jobs: int = 1,
     ) -> list[Drift]:
         """Make the projection what the log folds to, atomically while writes go on: the calls
         that differ are rewritten in place, or, when many do (or with ``rebuild``), the whole
         projection is rebuilt into a new table and swapped in. With ``check``, change nothing
-        and return each call that differs from its log."""
+        and return each call that differs from its log. ``jobs``: processes that may share the
+        comparing pass (SQLite; a second one for a large log)."""
         ...
 
     def counts(self) -> tuple[int, int]:

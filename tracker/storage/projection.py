@@ -77,7 +77,6 @@ def fold_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[int, CallState]
     A plain loop into a list per call: over a million events, groupby's sub-iterators and a
     generator per call cost more than the fold itself (BENCHMARKS.md)."""
     decode = _fact_dec.decode
-    replace = msgspec.structs.replace
     key: int | None = None
     call_id = ""
     latest = 0
@@ -86,14 +85,14 @@ def fold_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[int, CallState]
     for call_key, seq, cid, blob, received in rows:
         if call_key != key:
             if key is not None:
-                yield key, replace(fold_distinct(pairs, call_id), received=latest)
+                yield key, fold_distinct(pairs, call_id, received=latest)
             key, call_id, pairs, latest = call_key, cid, [], received
             append = pairs.append
         elif received > latest:
             latest = received
         append((decode(blob), seq))
     if key is not None:
-        yield key, replace(fold_distinct(pairs, call_id), received=latest)
+        yield key, fold_distinct(pairs, call_id, received=latest)
 
 
 #: Below this many differing calls (or a tenth of them, whichever is more), replay rewrites just

@@ -215,7 +215,12 @@ class PostgresStorage:
     # -- the commands ------------------------------------------------------------------------
 
     def replay(
-        self, *, check: bool = False, progress: Progress | None = None, rebuild: bool = False
+        self,
+        *,
+        check: bool = False,
+        progress: Progress | None = None,
+        rebuild: bool = False,
+        jobs: int = 1,  # one process here: the server does the scanning (SQLite only)
     ) -> list[Drift]:
         if not check:
             self._writable()

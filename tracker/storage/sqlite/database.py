@@ -213,13 +213,18 @@ class SqliteStorage:
     # -- the commands ------------------------------------------------------------------------
 
     def replay(
-        self, *, check: bool = False, progress: Progress | None = None, rebuild: bool = False
+        self,
+        *,
+        check: bool = False,
+        progress: Progress | None = None,
+        rebuild: bool = False,
+        jobs: int = 1,
     ) -> list[Drift]:
         appender = self._writable()
         appender.forget()  # replay rewrites calls through this very connection
         try:
             with contextlib.closing(connect(self.path, busy_ms=self.busy_ms)) as r:
-                return replay(self.conn, r, self.outcomes, check, progress, rebuild)
+                return replay(self.conn, r, self.outcomes, check, progress, rebuild, jobs)
         except sqlite3.Error as err:
             raise read_failed(err) from err
         finally:

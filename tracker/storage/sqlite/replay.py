@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
-from sqlite_utils import Database
 
 from tracker.records import CallRecord, Drift
 from tracker.render import ORPHAN, drift_fields
@@ -20,28 +19,31 @@ from tracker.storage.projection import (
     DIFF_MIN,
     DIFF_SHARE,
     Difference,
-    differences,
     fold_rows,
     row_of,
 )
 from tracker.storage.sqlite.schema import create_calls_indexes, create_calls_table
+from tracker.storage.sqlite.split import (
+    KEY_MAX,
+    KEY_MIN,
+    SPLIT_MIN,
+    Half,
+    busy_ms_of,
+    file_of,
+    range_differences,
+    split_key,
+)
 from tracker.storage.sqlite.writes import INSERT_CALL
 
 _fact_dec = msgspec.msgpack.Decoder(Fact)
 _state_dec = msgspec.msgpack.Decoder(CallState)
 
 _CALL_ROWS = "call_key, seq, call_id, fact, received_at"
+_ALL_EVENTS = (
+    f"SELECT {_CALL_ROWS} FROM events"
+    " WHERE call_key IS NOT NULL AND seq <= ? ORDER BY call_key, seq"
+)
 _INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
-
-
-def _iter_folded(conn: sqlite3.Connection, max_seq: int) -> Iterator[tuple[int, CallState]]:
-    """Fold the log call by call, streaming in ``call_key`` order (bounded memory)."""
-    rows = conn.execute(
-        f"SELECT {_CALL_ROWS} FROM events WHERE call_key IS NOT NULL AND seq <= ?"
-        " ORDER BY call_key, seq",
-        (max_seq,),
-    )
-    return fold_rows(rows)
 
 
 def fold_call(conn: sqlite3.Connection, call_key: int) -> CallState | None:
@@ -54,10 +56,6 @@ def fold_call(conn: sqlite3.Connection, call_key: int) -> CallState | None:
     return None
 
 
-def _stored(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
-    return conn.execute(f"SELECT {_INSERT_COLUMNS} FROM calls ORDER BY call_key")
-
-
 def replay(
     conn: sqlite3.Connection,
     reader: sqlite3.Connection,
@@ -65,46 +63,99 @@ def replay(
     check: bool = False,
     progress: Progress | None = None,
     rebuild: bool = False,
+    jobs: int = 1,
 ) -> list[Drift]:
     """``conn``: the write connection; ``reader``: a connection of its own for the pass.
 
     Compares the fold of the log with the stored rows in one merged pass; when few calls differ
     (the usual case), rewrites just those in one transaction, else (or with ``rebuild``) folds
-    into a new table and swaps it in. Either way the projection changes atomically."""
+    into a new table and swaps it in. Either way the projection changes atomically. With
+    ``jobs`` > 1 and many calls, a second process compares the upper half of them
+    (:mod:`.split`)."""
     reader.execute("BEGIN")  # one snapshot for the whole pass
+    half: Half | None = None
     try:
         total = reader.execute("SELECT count(*) FROM calls").fetchone()[0]
         max_seq = reader.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        limit = None if check else max(DIFF_MIN, total // DIFF_SHARE)
+        hi = KEY_MAX
+        if jobs > 1 and total >= SPLIT_MIN and not rebuild and (file := file_of(reader)):
+            hi = split_key(reader, total) - 1
+            half = Half(file, busy_ms_of(reader), outcomes, hi + 1, limit)
         if check:
-            return _check(reader, max_seq, outcomes, total, progress)
+            return _check(_all(reader, max_seq, outcomes, hi, half, progress, total), outcomes)
         if not rebuild:
-            fixes = _collect(reader, max_seq, outcomes, total, progress)
-            if fixes is not None:
+            assert limit is not None
+            found = _collect(reader, max_seq, outcomes, hi, half, limit, progress, total)
+            if found is not None:
                 reader.execute("COMMIT")
-                _fix(conn, fixes, max_seq, outcomes)
+                _fix(conn, found[0], found[1], outcomes)
                 return []
         _rebuild(conn, reader, outcomes, max_seq, total, progress)
         return []
     finally:
+        if half is not None:
+            half.stop()
         if reader.in_transaction:
             reader.execute("COMMIT")
+
+
+def _all(
+    reader: sqlite3.Connection,
+    max_seq: int,
+    outcomes: Mapping[str, str],
+    hi: int,
+    half: Half | None,
+    progress: Progress | None,
+    total: int,
+) -> Iterator[Difference]:
+    """Every differing call: this process's range, then the second process's (or, if that one
+    failed, its range here)."""
+    yield from range_differences(reader, max_seq, outcomes, KEY_MIN, hi, progress, total)
+    if half is None:
+        return
+    got = half.result()
+    if got is None or got[1] is None:
+        yield from range_differences(reader, max_seq, outcomes, hi + 1, KEY_MAX)
+    else:
+        yield from got[1]
+    if progress:
+        progress(total, total)
 
 
 def _collect(
     reader: sqlite3.Connection,
     max_seq: int,
     outcomes: Mapping[str, str],
-    total: int,
+    hi: int,
+    half: Half | None,
+    limit: int,
     progress: Progress | None,
-) -> list[Difference] | None:
-    """The differing calls, or ``None`` once there are too many to rewrite in place."""
-    limit = max(DIFF_MIN, total // DIFF_SHARE)
+    total: int,
+) -> tuple[list[Difference], int] | None:
+    """The differing calls and the oldest snapshot's last ``seq`` they were found in, or
+    ``None`` once there are too many to rewrite in place."""
     fixes: list[Difference] = []
-    for d in differences(_iter_folded(reader, max_seq), _stored(reader), outcomes, progress, total):
+    for d in range_differences(reader, max_seq, outcomes, KEY_MIN, hi, progress, total):
         fixes.append(d)
         if len(fixes) > limit:
             return None
-    return fixes
+    if half is None:
+        return fixes, max_seq
+    got = half.result()
+    if got is None:  # the second process failed: its half here, in this snapshot
+        for d in range_differences(reader, max_seq, outcomes, hi + 1, KEY_MAX):
+            fixes.append(d)
+            if len(fixes) > limit:
+                return None
+        return fixes, max_seq
+    its_max, more = got
+    if more is None or len(fixes) + len(more) > limit:
+        return None
+    if progress:
+        progress(total, total)
+    # its snapshot is the later one: the calls with events after ours are refolded under the lock
+    return fixes + more, min(max_seq, its_max)
 
 
 def _drop_stale(conn: sqlite3.Connection) -> None:
@@ -148,18 +199,11 @@ def _fix(
         raise
 
 
-def _check(
-    reader: sqlite3.Connection,
-    max_seq: int,
-    outcomes: Mapping[str, str],
-    total: int,
-    progress: Progress | None,
-) -> list[Drift]:
+def _check(diffs: Iterable[Difference], outcomes: Mapping[str, str]) -> list[Drift]:
     drift: list[Drift] = []
     orphans: list[Drift] = []
     names = _INSERT_COLUMNS.replace(" ", "").split(",")
-    folded = _iter_folded(reader, max_seq)
-    for _, state, want_row, got in differences(folded, _stored(reader), outcomes, progress, total):
+    for _, state, want_row, got in diffs:
         if state is None or want_row is None:
             assert got is not None
             orphans.append((got[1], dict(ORPHAN)))
@@ -191,6 +235,8 @@ def _rebuild(
     progress: Progress | None,
 ) -> None:
     """Fold into a new table (indexes built after the bulk load), catch up, swap atomically."""
+    from sqlite_utils import Database  # only here: a tenth of a second of every start-up
+
     db = Database(conn)
     _drop_stale(conn)
     existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -203,7 +249,8 @@ def _rebuild(
         conn.execute("COMMIT")
         n = 0
         chunk: list[tuple[Any, ...]] = []
-        for n, (call_key, state) in enumerate(_iter_folded(reader, max_seq), 1):
+        rows = reader.execute(_ALL_EVENTS, (max_seq,))
+        for n, (call_key, state) in enumerate(fold_rows(rows), 1):
             chunk.append((call_key, *row_of(state, outcomes)))
             if len(chunk) >= 5000:
                 _insert_chunk(conn, insert, chunk)

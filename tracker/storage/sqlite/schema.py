@@ -21,12 +21,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Final
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any, Final
 
 from tracker.storage.errors import NoDatabase, NotATrackerDatabase, SchemaTooNew
 from tracker.storage.projection import state_times, with_received
+
+if TYPE_CHECKING:  # imported where a table is created: a tenth of a second at start-up
+    from sqlite_utils import Database
 
 # 2: the started_at, answered_at, ended_at columns of calls
 # 3: events.origin; calls.last_received_at (stale calls) and calls.claimed_until (reconciliation)
@@ -166,6 +167,8 @@ def migrate(conn: sqlite3.Connection) -> None:
         )
     if version == SCHEMA_VERSION:
         return
+    from sqlite_utils import Database
+
     db = Database(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
