@@ -5,6 +5,9 @@
   calls ``Store.replay()`` in a subprocess instead (for a tree whose CLI is not ready).
 * ``--rebuild``: also ``tracker replay --rebuild`` (every call folded into a new table, indexes
   built once at the end, swapped in: what a replay does when many calls differ).
+* ``--one``: also ``tracker replay --jobs 1`` (the comparing pass in one process; the default
+  shares a large log's between two, see BENCHMARKS.md). The CPU seconds of every side include
+  its child processes' (``os.wait4``); peak RSS is the largest single process's.
 * ``--before DIR``: also the same command run from another checkout (``git worktree`` or
   ``git archive`` of an older commit), same run, for a before/after.
 * baseline: a subprocess that reads every row with plain sqlite3 (``SELECT body FROM events
@@ -122,6 +125,9 @@ def main() -> int:
     parser.add_argument("--direct", action="store_true", help="Store.replay(), not the CLI")
     parser.add_argument("--rebuild", action="store_true", help="also `tracker replay --rebuild`")
     parser.add_argument("--before", metavar="DIR", help="also replay from this checkout")
+    parser.add_argument(
+        "--one", action="store_true", help="also `tracker replay --jobs 1` (one process)"
+    )
     parser.add_argument("--worker-baseline", metavar="DB", help=argparse.SUPPRESS)
     parser.add_argument("--worker-direct", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -149,6 +155,9 @@ def main() -> int:
     if args.rebuild:
         cmds["rebuild"] = [bc.PY, "-m", "tracker", "replay", "--rebuild", "--db", str(db)]
         cwds["rebuild"] = None
+    if args.one:
+        cmds["replay-jobs1"] = [bc.PY, "-m", "tracker", "replay", "--jobs", "1", "--db", str(db)]
+        cwds["replay-jobs1"] = None
     if args.before:
         cmds["before"] = [bc.PY, "-m", "tracker", "replay", "--db", str(db)]
         cwds["before"] = str(Path(args.before).resolve())
