@@ -10,6 +10,7 @@ last ``seq`` and its differences, or ``None`` beyond ``limit``."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -135,6 +136,7 @@ class Half:
 
 def child() -> None:
     """The second process: its request on stdin, its answer on stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends this one
     path, busy_ms, outcomes, lo, limit = msgspec.msgpack.decode(sys.stdin.buffer.read())
     conn = connect(path, busy_ms=busy_ms)
     conn.execute("BEGIN")  # one snapshot for the whole pass
