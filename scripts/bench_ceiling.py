@@ -8,6 +8,8 @@ run, interleaved, against:
   parsing or storing it (scripts/whatif_serve.py);
 * ``nostore``: the same, parsing as usual (JSON, typed decode, content key, fact) but storing
   nothing;
+* ``nosql``: ``tracker serve`` as built up to SQLite: the writer thread, the fold and each
+  call's row, the futures and metrics, but no statement and no commit;
 * ``tracker``: ``tracker serve`` as built (synchronous normal).
 
     .venv/bin/python scripts/bench_ceiling.py                 # 5 runs x 10 s per side
@@ -26,7 +28,7 @@ from typing import Any
 
 import bench_common as bc
 
-SIDES = ("bare", "httponly", "nostore", "tracker")
+SIDES = ("bare", "httponly", "nostore", "nosql", "tracker")
 
 
 def start(side: str, db: Path) -> bc.Server:

@@ -399,6 +399,31 @@ def test_a_request_head_that_trickles_past_the_deadline_is_cut_off(tmp_path: Pat
             assert c.get("/healthz").status_code == 200
 
 
+def test_a_head_that_starts_late_on_a_keep_alive_connection_gets_its_whole_deadline(
+    tmp_path: Path,
+) -> None:
+    """One timer per connection serves every head: set when the connection opened, it fires
+    during the second head here and must wait out that head's own deadline, not cut it off."""
+    with limited_server(tmp_path, header_timeout_seconds=2.0) as server, connect(server) as sock:
+        opened = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = b""
+        while not first.endswith(b'{"status":"ok"}'):
+            first += sock.recv(65536)
+        time.sleep(max(0.0, opened + 1.5 - time.monotonic()))
+        head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n\r\n"
+        started = time.monotonic()
+        for i in range(0, len(head), 6):  # over ~1.2 s: past the first timer, within its own
+            sock.sendall(head[i : i + 6])
+            time.sleep(1.2 / (len(head) / 6))
+        assert time.monotonic() - opened > 2.2  # the connection's first deadline has passed
+        assert time.monotonic() - started < 1.9  # this head's own has not
+        answer = b""
+        while not answer.endswith(b'{"status":"ok"}') and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
 def test_an_oversized_request_head_gets_431_and_the_connection_is_closed(
     tmp_path: Path,
 ) -> None:

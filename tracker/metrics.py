@@ -124,12 +124,12 @@ class Metrics:
         # the library's mode was chosen when it was imported: in-process values ignore the dir
         self._shared = None if ValueClass is MutexValue else os.environ.get(MULTIPROC_DIR)
 
-    def count_ingested(self, event_type: str) -> None:
+    def count_ingested(self, event_type: str, n: int = 1) -> None:
         label = event_type if event_type in EVENT_TYPE_LABELS else OTHER
         child = self._ingested.get(label)
         if child is None:
             child = self._ingested[label] = self.ingested.labels(label)
-        child.inc()
+        child.inc(n)
 
     def count_reconcile(self, kind: str) -> None:
         self.reconcile_answers.labels(kind).inc()

@@ -190,14 +190,19 @@ class TrackerApp:
         self, last_seq: int, done: list[tuple[Any, list[Appended]]], elapsed: float
     ) -> None:
         m = self.metrics
-        n = 0
+        n = duplicates = 0
+        types: dict[str, int] = {}  # counted per commit: one increment per type, not per event
         for entries, results in done:
             for e, r in zip(entries, results, strict=False):
                 n += 1
                 if r.duplicate:
-                    m.duplicates.inc()
+                    duplicates += 1
                 else:
-                    m.count_ingested(e.event_type)
+                    types[e.event_type] = types.get(e.event_type, 0) + 1
+        for event_type, count in types.items():
+            m.count_ingested(event_type, count)
+        if duplicates:
+            m.duplicates.inc(duplicates)
         m.batch_events.observe(n)
         m.commit_seconds.observe(elapsed)
         self.live.notify()

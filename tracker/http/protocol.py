@@ -62,6 +62,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._in_head = False  # between a request's first byte and the end of its headers
         self._head_bytes = 0
+        self._began = False  # a request has started on this connection
+        self._head_since = 0.0  # when the current head's deadline started (loop time)
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
@@ -74,6 +76,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 )
             )
             return
+        self._head_since = self.loop.time()  # the first head's deadline runs from the opening
         self._head_timer = self.loop.call_later(self.header_timeout, self._head_late)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -107,15 +110,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._in_head = True
+        if self._began:  # not the first request: its deadline runs from now
+            self._head_since = self.loop.time()
+        self._began = True
         self._head_bytes = 0
-        if self._head_timer is None:  # not the first request: the deadline starts now
+        # One timer per connection stays armed across requests (a timer per request costs more
+        # than the rest of the head's handling): when it fires it checks the current head's
+        # deadline and sets itself again for the time that is left.
+        if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.header_timeout, self._head_late)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
         # The whole head arrived, maybe in one read: its exact size (request line, headers).
         size = len(self.url) + 16 + sum(len(k) + len(v) + 4 for k, v in self.headers)
         if size > self.max_header_bytes:
@@ -154,8 +160,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self._refused or self.transport.is_closing():
             return
-        if not self._in_head:  # nothing sent since the connection opened: just close it
-            self.transport.close()
+        if not self._in_head:
+            if not self._began:  # nothing sent since the connection opened: just close it
+                self.transport.close()
+            return  # between two requests: the next head sets the timer again
+        left = self._head_since + self.header_timeout - self.loop.time()
+        if left > 0:  # the timer was set for an earlier head on this connection
+            self._head_timer = self.loop.call_later(left, self._head_late)
             return
         self._refuse(
             RequestTimeout(
