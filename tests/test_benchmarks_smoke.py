@@ -23,6 +23,7 @@ SCRIPTS = [
     "bench_dashboard.py",
     "bench_postgres.py",
     "bench_workers.py",
+    "bench_cpu.py",
 ]
 NEEDS_WRK = {
     "bench_ingest.py",
@@ -31,6 +32,7 @@ NEEDS_WRK = {
     "bench_ceiling.py",
     "bench_postgres.py",
     "bench_workers.py",
+    "bench_cpu.py",
 }
 TITLES = {
     "bench_ingest.py": "## Ingest",
@@ -41,6 +43,7 @@ TITLES = {
     "bench_dashboard.py": "## Dashboard",
     "bench_postgres.py": "## PostgreSQL",
     "bench_workers.py": "## Workers",
+    "bench_cpu.py": "## CPU per ingested event",
 }
 
 
