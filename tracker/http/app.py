@@ -65,6 +65,21 @@ _RAW_PREFIXES = (b"/callbacks/", b"/calls/", b"/ui/calls/")
 __all__ = ["TrackerApp", "create_app", "raw_route_path", "route_path"]
 
 
+def _tally(done: list[tuple[Any, list[Appended]]]) -> tuple[int, int, dict[str, int]]:
+    """A commit's events, duplicates and new events by type (counted once per commit: one
+    increment per type, not per event)."""
+    n = duplicates = 0
+    types: dict[str, int] = {}
+    for entries, results in done:
+        for e, r in zip(entries, results, strict=False):
+            n += 1
+            if r.duplicate:
+                duplicates += 1
+            else:
+                types[e.event_type] = types.get(e.event_type, 0) + 1
+    return n, duplicates, types
+
+
 class TrackerApp:
     """The ASGI application ``create_app`` returns. Mountable: see :meth:`lifespan`."""
 
@@ -190,15 +205,7 @@ class TrackerApp:
         self, last_seq: int, done: list[tuple[Any, list[Appended]]], elapsed: float
     ) -> None:
         m = self.metrics
-        n = duplicates = 0
-        types: dict[str, int] = {}  # counted per commit: one increment per type, not per event
-        for entries, results in done:
-            for e, r in zip(entries, results, strict=False):
-                n += 1
-                if r.duplicate:
-                    duplicates += 1
-                else:
-                    types[e.event_type] = types.get(e.event_type, 0) + 1
+        n, duplicates, types = _tally(done)
         for event_type, count in types.items():
             m.count_ingested(event_type, count)
         if duplicates:
