@@ -68,6 +68,8 @@ HOSTILE = [
 ]
 EVENTS = CALL_1 + CALL_2 + HOSTILE
 NO_CALL_ID = {"eventType": "hangup", "time": "2012-11-14T15:56:12.636Z"}
+#: An exported event's fields: GET /events's row, then the log's origin.
+EVENT_FIELDS = ["seq", "receivedAt", "eventType", "callId", "time", "payload", "origin"]
 
 
 def ndjson(events: list[Any]) -> str:
@@ -274,7 +276,8 @@ def test_export_events_as_ndjson_gives_the_log_in_seq_order_with_payloads(shared
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["seq"] for r in rows] == list(range(1, len(EVENTS) + 1))
     assert [r["payload"] for r in rows] == EVENTS
-    assert list(rows[0]) == ["seq", "receivedAt", "eventType", "callId", "time", "payload"]
+    assert list(rows[0]) == EVENT_FIELDS
+    assert {r["origin"] for r in rows} == {None}
 
 
 def test_export_as_csv_has_the_json_field_names_as_its_header(shared: Target) -> None:
@@ -284,14 +287,7 @@ def test_export_as_csv_has_the_json_field_names_as_its_header(shared: Target) ->
     header = next(csv.reader(io.StringIO(calls.stdout)))
     assert header == list(json.loads(ndjson_calls.stdout.splitlines()[0]))
     assert header[-1] == "anomalies"
-    assert next(csv.reader(io.StringIO(events.stdout))) == [
-        "seq",
-        "receivedAt",
-        "eventType",
-        "callId",
-        "time",
-        "payload",
-    ]
+    assert next(csv.reader(io.StringIO(events.stdout))) == EVENT_FIELDS
 
 
 def test_a_call_id_with_quotes_commas_and_a_newline_round_trips_through_csv(
@@ -359,6 +355,81 @@ def test_csv_export_defuses_formula_cells_but_not_signed_numbers(tmp_path: Path)
     raw_rows = export("calls", "--raw")
     assert [r["tag"] for r in raw_rows[:-1]] == list(FORMULAS)
     assert raw_rows[-1]["callId"] == "@c-evil"
+
+
+RECONCILED = {
+    "eventType": "reconciled",
+    "callId": "c-r",
+    "source": "https://voice.bandwidth.com/api/v2/accounts/a/calls/c-r",
+    "checkedAt": "2026-01-05T15:00:00.000Z",
+    "response": {"state": "disconnected", "endTime": "2026-01-05T10:05:00.000Z"},
+}
+
+
+def with_a_reconciled_event(tmp_path: Path, db_target: str) -> Target:
+    """CALL_2, the RECONCILED body posted as a callback (a received, unknown event), then the
+    same body appended by the tracker as its own ``reconciled`` event (SPEC §11)."""
+    from tracker.config import load_settings
+    from tracker.ingest import reconciled_entry
+    from tracker.storage import open_storage
+
+    db = load(tmp_path, [*CALL_2, RECONCILED], db_target)
+    key = "url" if db.is_pg else "path"
+    where = db.name if db.is_pg else str(tmp_path / db.name)
+    store = open_storage(load_settings(env={}, overrides={"storage": {key: where}}))
+    try:
+        store.append([reconciled_entry(json.dumps(RECONCILED).encode())])
+    finally:
+        store.close()
+    return db
+
+
+def test_exported_events_end_with_their_origin_null_when_received_and_reconcile_when_the_trackers(
+    tmp_path: Path, db_target: str
+) -> None:
+    db = with_a_reconciled_event(tmp_path, db_target)
+    proc = run(db.parent, "export", "events", "--db", db.name)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert list(rows[0]) == EVENT_FIELDS
+    assert [r["origin"] for r in rows] == [None, None, None, "reconcile"]
+    posted, own = rows[2:]
+    assert posted["payload"] == own["payload"] == RECONCILED
+    assert posted["eventType"] == own["eventType"] == "reconciled"
+
+
+def test_exported_events_keep_the_query_apis_bytes_for_every_other_field(
+    tmp_path: Path, db_target: str
+) -> None:
+    from starlette.testclient import TestClient
+
+    from tracker.app import create_app
+    from tracker.config import load_settings
+
+    db = with_a_reconciled_event(tmp_path, db_target)
+    lines = run(db.parent, "export", "events", "--db", db.name).stdout.splitlines()
+    key = "url" if db.is_pg else "path"
+    where = db.name if db.is_pg else str(tmp_path / db.name)
+    with TestClient(create_app(load_settings(env={}, overrides={"storage": {key: where}}))) as c:
+        page = c.get("/events").text
+    for line, origin in zip(lines, ["null", "null", "null", '"reconcile"'], strict=True):
+        suffix = f',"origin":{origin}}}'
+        assert line.endswith(suffix)
+        assert line[: -len(suffix)] + "}" in page  # the row GET /events shows, byte for byte
+
+
+def test_csv_export_of_events_has_an_origin_column_last_empty_for_received_events(
+    tmp_path: Path, db_target: str
+) -> None:
+    db = with_a_reconciled_event(tmp_path, db_target)
+    events = run(db.parent, "export", "events", "--format", "csv", "--db", db.name)
+    as_json = run(db.parent, "export", "events", "--db", db.name)
+    assert events.returncode == 0, events.stderr
+    rows = list(csv.reader(io.StringIO(events.stdout, newline="")))
+    assert rows[0] == list(json.loads(as_json.stdout.splitlines()[0]))
+    assert rows[0][-1] == "origin"
+    assert [r[-1] for r in rows[1:]] == ["", "", "", "reconcile"]
+    assert [json.loads(r[5]) for r in rows[1:]] == [*CALL_2, RECONCILED, RECONCILED]
 
 
 def test_export_to_a_file_writes_it_and_leaves_stdout_empty(shared: Target, tmp_path: Path) -> None:

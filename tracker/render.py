@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -144,6 +144,13 @@ class EventRow(msgspec.Struct, frozen=True):
     payload: Any
 
 
+class ExportedEvent(EventRow, frozen=True):
+    """One logged event as ``tracker export events`` writes it: the query API's row, then the
+    log's ``origin`` (null for a received event, ``"reconcile"`` for the tracker's own)."""
+
+    origin: str | None = None
+
+
 class RejectRow(msgspec.Struct, frozen=True):
     id: int
     receivedAt: str | None
@@ -171,6 +178,9 @@ def payload_of(fmt: str, body: bytes) -> Any:
     return form_fields(body)
 
 
+Row = TypeVar("Row", bound=EventRow)
+
+
 def event_row(e: LoggedEvent) -> EventRow:
     return EventRow(
         seq=e.seq,
@@ -182,11 +192,23 @@ def event_row(e: LoggedEvent) -> EventRow:
     )
 
 
+def exported_event(e: LoggedEvent) -> ExportedEvent:
+    return ExportedEvent(
+        seq=e.seq,
+        receivedAt=format_time(e.received_at),
+        eventType=e.event_type,
+        callId=e.call_id,
+        time=format_time(e.event_time),
+        payload=payload_of(e.fmt, e.body),
+        origin=e.origin,
+    )
+
+
 def event_rows(events: list[LoggedEvent]) -> list[EventRow]:
     return [event_row(e) for e in events]
 
 
-def one_line(row: EventRow) -> EventRow:
+def one_line(row: Row) -> Row:
     """The row with a pretty-printed JSON payload re-emitted without line breaks (tokens
     untouched), for formats of one event per line: SSE frames, NDJSON export."""
     payload = row.payload

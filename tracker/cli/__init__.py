@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_export,
         "export calls or events as NDJSON or CSV",
         "Write every call (by lastSeq) or every event (by seq) from one consistent snapshot, "
-        "streaming; safe while the server runs. " + CSV_NOTE,
+        "streaming; safe while the server runs. An event is its GET /events row followed by "
+        "origin: null for a received event, reconcile for the tracker's own reconciled event. "
+        + CSV_NOTE,
     )
     p.add_argument("what", choices=["calls", "events"], help="what to export")
     p.add_argument("--format", choices=["ndjson", "csv"], default="ndjson", help="default ndjson")

@@ -241,21 +241,21 @@ def _export_calls(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress, 
 
 
 def _export_events(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress, raw: bool) -> int:
-    from tracker.render import EventRow, event_row, one_line
+    from tracker.render import ExportedEvent, exported_event, one_line
 
     n = 0
     encode = msgspec.json.Encoder().encode
     if fmt == "ndjson":
         for n, e in enumerate(snap.events(), 1):
-            out.write(encode(one_line(event_row(e))) + b"\n")
+            out.write(encode(one_line(exported_event(e))) + b"\n")
             if n % 10_000 == 0:
                 progress(n)
         return n
-    columns = [f.encode_name for f in msgspec.structs.fields(EventRow)]
+    columns = [f.encode_name for f in msgspec.structs.fields(ExportedEvent)]
     with _csv_writer(out, raw) as writer:
         writer.writerow(columns)
         for n, e in enumerate(snap.events(), 1):
-            r = one_line(event_row(e))
+            r = one_line(exported_event(e))
             writer.writerow(
                 [
                     str(r.seq),
@@ -264,6 +264,7 @@ def _export_events(snap: Snapshot, out: IO[bytes], fmt: str, progress: Progress,
                     _cell(r.callId),
                     _cell(r.time),
                     encode(r.payload).decode("utf-8", "replace"),
+                    _cell(r.origin),
                 ]
             )
             if n % 10_000 == 0:
