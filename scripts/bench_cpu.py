@@ -74,8 +74,9 @@ def main() -> int:
     parser = bc.wrk_parser(__doc__, "one short run per side")
     parser.add_argument("--before", metavar="DIR", help="the other checkout's tracker")
     args = parser.parse_args()
-    if args.smoke:
+    if args.smoke:  # both paths, this checkout on each side
         args.runs, args.duration, args.warmup = 1, 1.0, 0.0
+        args.before = args.before or str(bc.ROOT)
     bc.need_wrk()
     load0 = os.getloadavg()
     bodies = bc.bodies_file(20_000 if args.smoke else 250_000)
