@@ -103,9 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs",
         type=int,
-        default=min(2, os.cpu_count() or 1),
+        choices=(1, 2),
+        default=min(2, len(os.sched_getaffinity(0))),  # the CPUs this process may use
         metavar="N",
-        help="processes comparing a large SQLite log (1 or 2; default: 2 on 2 or more CPUs)",
+        help="processes comparing a large SQLite log (1 or 2; default: 2 where this process "
+        "may use 2 or more CPUs)",
     )
 
     p = command(

@@ -3,19 +3,18 @@ check it (``--check``) call by call against the log."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from tracker.records import CallRecord, Drift
-from tracker.render import ORPHAN, drift_fields
+from tracker.records import Drift
 from tracker.state import CallState, Fact
 from tracker.storage.interface import Progress
 from tracker.storage.projection import (
-    CALL_COLUMNS,
     DIFF_MIN,
     DIFF_SHARE,
     Difference,
@@ -29,6 +28,7 @@ from tracker.storage.sqlite.split import (
     SPLIT_MIN,
     Half,
     busy_ms_of,
+    drifts,
     file_of,
     range_differences,
     split_key,
@@ -36,14 +36,12 @@ from tracker.storage.sqlite.split import (
 from tracker.storage.sqlite.writes import INSERT_CALL
 
 _fact_dec = msgspec.msgpack.Decoder(Fact)
-_state_dec = msgspec.msgpack.Decoder(CallState)
 
 _CALL_ROWS = "call_key, seq, call_id, fact, received_at"
 _ALL_EVENTS = (
     f"SELECT {_CALL_ROWS} FROM events"
     " WHERE call_key IS NOT NULL AND seq <= ? ORDER BY call_key, seq"
 )
-_INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
 
 
 def fold_call(conn: sqlite3.Connection, call_key: int) -> CallState | None:
@@ -80,10 +78,12 @@ def replay(
         limit = None if check else max(DIFF_MIN, total // DIFF_SHARE)
         hi = KEY_MAX
         if jobs > 1 and total >= SPLIT_MIN and not rebuild and (file := file_of(reader)):
-            hi = split_key(reader, total) - 1
-            half = Half(file, busy_ms_of(reader), outcomes, hi + 1, limit)
+            split = split_key(reader, total)
+            with contextlib.suppress(OSError):  # no second process: this one does it all
+                half = Half(file, busy_ms_of(reader), outcomes, split, limit)
+                hi = split - 1
         if check:
-            return _check(_all(reader, max_seq, outcomes, hi, half, progress, total), outcomes)
+            return _check(reader, max_seq, outcomes, hi, half, progress, total)
         if not rebuild:
             assert limit is not None
             found = _collect(reader, max_seq, outcomes, hi, half, limit, progress, total)
@@ -91,6 +91,8 @@ def replay(
                 reader.execute("COMMIT")
                 _fix(conn, found[0], found[1], outcomes)
                 return []
+        if half is not None:  # too many differ: its answer is not needed for a rebuild
+            half.stop()
         _rebuild(conn, reader, outcomes, max_seq, total, progress)
         return []
     finally:
@@ -98,29 +100,6 @@ def replay(
             half.stop()
         if reader.in_transaction:
             reader.execute("COMMIT")
-
-
-def _all(
-    reader: sqlite3.Connection,
-    max_seq: int,
-    outcomes: Mapping[str, str],
-    hi: int,
-    half: Half | None,
-    progress: Progress | None,
-    total: int,
-) -> Iterator[Difference]:
-    """Every differing call: this process's range, then the second process's (or, if that one
-    failed, its range here)."""
-    yield from range_differences(reader, max_seq, outcomes, KEY_MIN, hi, progress, total)
-    if half is None:
-        return
-    got = half.result()
-    if got is None or got[1] is None:
-        yield from range_differences(reader, max_seq, outcomes, hi + 1, KEY_MAX)
-    else:
-        yield from got[1]
-    if progress:
-        progress(total, total)
 
 
 def _collect(
@@ -199,30 +178,28 @@ def _fix(
         raise
 
 
-def _check(diffs: Iterable[Difference], outcomes: Mapping[str, str]) -> list[Drift]:
-    drift: list[Drift] = []
-    orphans: list[Drift] = []
-    names = _INSERT_COLUMNS.replace(" ", "").split(",")
-    for _, state, want_row, got in diffs:
-        if state is None or want_row is None:
-            assert got is not None
-            orphans.append((got[1], dict(ORPHAN)))
-            continue
+def _check(
+    reader: sqlite3.Connection,
+    max_seq: int,
+    outcomes: Mapping[str, str],
+    hi: int,
+    half: Half | None,
+    progress: Progress | None,
+    total: int,
+) -> list[Drift]:
+    """Every drifting call, then every orphan: this process's range, then the second
+    process's (or, if that one failed, its range here)."""
+    drift, orphans = drifts(
+        range_differences(reader, max_seq, outcomes, KEY_MIN, hi, progress, total), outcomes
+    )
+    if half is not None:
+        got = half.drift()
         if got is None:
-            drift.append((state.call_id, drift_fields(None, state, outcomes)))
-            continue
-        have: CallRecord | None
-        try:
-            have = CallRecord(_state_dec.decode(got[-1]), got[3])
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            have = None
-        columns = {  # the filter columns beside the state
-            column: (got[i], want_row[i])
-            for i, column in enumerate(names[:-1])
-            if got[i] != want_row[i]
-        }
-        fields = drift_fields(have, state, outcomes, columns, unreadable=have is None)
-        drift.append((state.call_id, fields))
+            got = drifts(range_differences(reader, max_seq, outcomes, hi + 1, KEY_MAX), outcomes)
+        drift += got[0]
+        orphans += got[1]
+        if progress:
+            progress(total, total)
     return drift + orphans
 
 

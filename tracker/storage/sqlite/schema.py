@@ -72,6 +72,21 @@ def connect(
     return conn
 
 
+def connect_existing(path: str, busy_ms: int) -> sqlite3.Connection:
+    """A connection to a database file that must exist (never creates one), autocommit, for
+    reading: replay's second process."""
+    conn = sqlite3.connect(
+        f"{Path(path).resolve().as_uri()}?mode=rw",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=busy_ms / 1000,
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+    conn.execute("PRAGMA cache_size = -16384")
+    return conn
+
+
 def check_file(path: str, *, must_exist: bool) -> None:
     """Refuse a file that is missing (when it must exist) or holds another program's tables,
     before we add our schema to it."""
