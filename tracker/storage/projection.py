@@ -9,7 +9,8 @@ from typing import Any, Final
 
 import msgspec
 
-from tracker.render import ended_at
+from tracker.records import CallRecord, Drift
+from tracker.render import ORPHAN, drift_fields, ended_at
 from tracker.state import CallState, Fact, direction_of, fold_distinct, outcome_for, status_of
 from tracker.storage.interface import Progress
 
@@ -134,3 +135,37 @@ def differences(
         got = next(rows, None)
     if progress:
         progress(n, total)
+
+
+#: The calls row's columns, call_key first, in the order of ``row_of`` after the key.
+_NAMES: Final = ("call_key, " + CALL_COLUMNS).replace(" ", "").split(",")
+
+
+def drifts(
+    diffs: Iterable[Difference], outcomes: Mapping[str, str]
+) -> tuple[list[Drift], list[Drift]]:
+    """What ``replay --check`` reports of differences: the drifting calls, and the stored rows
+    that have no events (orphans)."""
+    drift: list[Drift] = []
+    orphans: list[Drift] = []
+    for _, state, want_row, got in diffs:
+        if state is None or want_row is None:
+            assert got is not None
+            orphans.append((got[1], dict(ORPHAN)))
+            continue
+        if got is None:
+            drift.append((state.call_id, drift_fields(None, state, outcomes)))
+            continue
+        have: CallRecord | None
+        try:
+            have = CallRecord(_state_dec.decode(got[-1]), got[3])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            have = None
+        columns = {  # the filter columns beside the state
+            column: (got[i], want_row[i])
+            for i, column in enumerate(_NAMES[:-1])
+            if got[i] != want_row[i]
+        }
+        fields = drift_fields(have, state, outcomes, columns, unreadable=have is None)
+        drift.append((state.call_id, fields))
+    return drift, orphans

@@ -10,11 +10,9 @@ import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import msgspec
 import psycopg
 
-from tracker.records import CallRecord, Drift
-from tracker.render import ORPHAN, drift_fields
+from tracker.records import Drift
 from tracker.state import CallState
 from tracker.storage.interface import Progress
 from tracker.storage.postgres.schema import calls_ddl, calls_indexes
@@ -25,13 +23,13 @@ from tracker.storage.projection import (
     DIFF_SHARE,
     Difference,
     differences,
+    drifts,
     fold_rows,
     row_of,
 )
 
 Conn = psycopg.Connection[Any]
 
-_state_dec = msgspec.msgpack.Decoder(CallState)
 _CALL_ROWS = "call_key, seq, call_id, fact, received_at"
 _INSERT_COLUMNS = "call_key, " + CALL_COLUMNS
 
@@ -146,31 +144,9 @@ def _fix(conn: Conn, fixes: list[Difference], max_seq: int, outcomes: Mapping[st
 def _check(
     reader: Conn, max_seq: int, outcomes: Mapping[str, str], total: int, progress: Progress | None
 ) -> list[Drift]:
-    drift: list[Drift] = []
-    orphans: list[Drift] = []
-    names = _INSERT_COLUMNS.replace(" ", "").split(",")
     folded = _iter_folded(reader, max_seq)
-    for _, state, want_row, got in differences(folded, _stored(reader), outcomes, progress, total):
-        if state is None or want_row is None:
-            assert got is not None
-            orphans.append((got[1], dict(ORPHAN)))
-            continue
-        if got is None:
-            drift.append((state.call_id, drift_fields(None, state, outcomes)))
-            continue
-        have: CallRecord | None
-        try:
-            have = CallRecord(_state_dec.decode(got[-1]), got[3])
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            have = None
-        columns = {
-            column: (got[i], want_row[i])
-            for i, column in enumerate(names[:-1])
-            if got[i] != want_row[i]
-        }
-        drift.append(
-            (state.call_id, drift_fields(have, state, outcomes, columns, unreadable=have is None))
-        )
+    found = differences(folded, _stored(reader), outcomes, progress, total)
+    drift, orphans = drifts(found, outcomes)
     return drift + orphans
 
 

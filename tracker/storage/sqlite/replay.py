@@ -18,6 +18,7 @@ from tracker.storage.projection import (
     DIFF_MIN,
     DIFF_SHARE,
     Difference,
+    drifts,
     fold_rows,
     row_of,
 )
@@ -28,7 +29,6 @@ from tracker.storage.sqlite.split import (
     SPLIT_MIN,
     Half,
     busy_ms_of,
-    drifts,
     file_of,
     range_differences,
     split_key,

@@ -17,17 +17,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
-from tracker.records import CallRecord, Drift
-from tracker.render import ORPHAN, drift_fields
+from tracker.records import Drift
 from tracker.state import CallState
 from tracker.storage.interface import Progress
-from tracker.storage.projection import CALL_COLUMNS, Difference, differences, fold_rows
+from tracker.storage.projection import CALL_COLUMNS, Difference, differences, drifts, fold_rows
 from tracker.storage.sqlite.schema import connect_existing
 
 #: Below this many calls the second interpreter's start costs more than half a pass saves.
@@ -38,7 +37,6 @@ KEY_MAX: Final = (1 << 63) - 1
 #: (else three times as long as its own half took), before it compares that half itself.
 TIMEOUT_MIN: Final = 60.0
 _PR_SET_PDEATHSIG: Final = 1
-_NAMES: Final = ("call_key, " + CALL_COLUMNS).replace(" ", "").split(",")
 
 _EVENTS = (
     "SELECT call_key, seq, call_id, fact, received_at FROM events"
@@ -53,7 +51,6 @@ _Found = tuple[int, list[tuple[int, CallState | None, list[Any] | None, list[Any
 _enc = msgspec.msgpack.Encoder()
 _found_dec = msgspec.msgpack.Decoder(_Found)
 _drift_dec = msgspec.msgpack.Decoder(tuple[int, list[Drift], list[Drift]])
-_state_dec = msgspec.msgpack.Decoder(CallState)
 
 
 def range_differences(
@@ -107,7 +104,6 @@ class Half:
         self, path: str, busy_ms: int, outcomes: Mapping[str, str], lo: int, limit: int | None
     ) -> None:
         st = os.stat(path)
-        self.check = limit is None
         self.started = time.monotonic()
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop(), always called)
         root = str(Path(__file__).resolve().parents[3])  # the directory holding this package
@@ -184,36 +180,6 @@ class Half:
         for f in (self.proc.stdout, self._err):
             if f is not None and not f.closed:
                 f.close()
-
-
-def drifts(
-    diffs: Iterable[Difference], outcomes: Mapping[str, str]
-) -> tuple[list[Drift], list[Drift]]:
-    """What ``replay --check`` reports of differences: the drifting calls, and the stored rows
-    that have no events (orphans)."""
-    drift: list[Drift] = []
-    orphans: list[Drift] = []
-    for _, state, want_row, got in diffs:
-        if state is None or want_row is None:
-            assert got is not None
-            orphans.append((got[1], dict(ORPHAN)))
-            continue
-        if got is None:
-            drift.append((state.call_id, drift_fields(None, state, outcomes)))
-            continue
-        have: CallRecord | None
-        try:
-            have = CallRecord(_state_dec.decode(got[-1]), got[3])
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            have = None
-        columns = {  # the filter columns beside the state
-            column: (got[i], want_row[i])
-            for i, column in enumerate(_NAMES[:-1])
-            if got[i] != want_row[i]
-        }
-        fields = drift_fields(have, state, outcomes, columns, unreadable=have is None)
-        drift.append((state.call_id, fields))
-    return drift, orphans
 
 
 _PROGRAM = """import sys
