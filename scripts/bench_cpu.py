@@ -24,12 +24,6 @@ import bench_common as bc
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of every thread of ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def niced_cpu() -> float:
     """CPU seconds spent by niced processes on the whole host (other helpers' runs)."""
     return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[2]) / TICK
@@ -54,9 +48,9 @@ def one_run(
         try:
             if warmup > 0:
                 bc.ingest_wrk(srv, warm, warmup, connections=conns, threads=1)
-            n0, c0, t0 = niced_cpu(), process_cpu(srv.proc.pid), time.monotonic()
+            n0, c0, t0 = niced_cpu(), bc.cpu_seconds([srv.proc.pid]), time.monotonic()
             res = bc.ingest_wrk(srv, bodies, seconds, connections=conns, threads=1)
-            c1, t1, n1 = process_cpu(srv.proc.pid), time.monotonic(), niced_cpu()
+            c1, t1, n1 = bc.cpu_seconds([srv.proc.pid]), time.monotonic(), niced_cpu()
         finally:
             srv.stop()
             bc.remove_db(db)

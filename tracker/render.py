@@ -193,15 +193,8 @@ def event_row(e: LoggedEvent) -> EventRow:
 
 
 def exported_event(e: LoggedEvent) -> ExportedEvent:
-    return ExportedEvent(
-        seq=e.seq,
-        receivedAt=format_time(e.received_at),
-        eventType=e.event_type,
-        callId=e.call_id,
-        time=format_time(e.event_time),
-        payload=payload_of(e.fmt, e.body),
-        origin=e.origin,
-    )
+    """:func:`event_row`'s fields, then ``origin``."""
+    return ExportedEvent(**msgspec.structs.asdict(event_row(e)), origin=e.origin)
 
 
 def event_rows(events: list[LoggedEvent]) -> list[EventRow]:
